@@ -1,0 +1,19 @@
+/**
+ * `health`: how regions are probed. Defaults are the blueprint's: every 10 s,
+ * 3 failures to go unhealthy.
+ */
+import { z } from 'zod';
+import { ms } from './common.ts';
+
+export const health = z
+  .object({
+    intervalMs: ms.default(10_000),
+    timeoutMs: ms.default(2_000),
+    /** Consecutive failed probes before a region is unhealthy. */
+    failThreshold: z.number().int().min(1).default(3),
+    /** Consecutive good probes before an unhealthy region is healthy again. */
+    recoverThreshold: z.number().int().min(1).default(2),
+  })
+  .strict()
+  .refine((h) => h.timeoutMs <= h.intervalMs, { message: 'timeoutMs must not exceed intervalMs', path: ['timeoutMs'] });
+export type HealthConfig = z.output<typeof health>;

@@ -1,0 +1,40 @@
+/**
+ * `replication`: which tables are kept in step, how conflicts resolve, lag
+ * thresholds. Defaults are the blueprint's (warn 60 s, critical 300 s,
+ * tombstones kept 24 h).
+ */
+import { z } from 'zod';
+import { ms, sec } from './common.ts';
+
+export const conflictPolicy = z.discriminatedUnion('policy', [
+  z.object({ policy: z.literal('lww') }).strict(),
+  z.object({ policy: z.literal('region-priority'), region: z.string() }).strict(),
+  /** A module exporting `resolve(local, remote)`; it must be deterministic and symmetric. */
+  z.object({ policy: z.literal('custom'), module: z.string(), export: z.string().default('resolve') }).strict(),
+]);
+export type ConflictPolicyConfig = z.output<typeof conflictPolicy>;
+
+export const replication = z
+  .object({
+    /** Tables to replicate ("schema.table", quoted parts allowed). */
+    tables: z.array(z.string().min(1)).default([]),
+    /** Per-table conflict policy; the default is last-writer-wins. */
+    conflicts: z.record(z.string(), conflictPolicy).default({}),
+    heartbeatIntervalMs: ms.default(1_000),
+    /** How long delete tombstones are kept before they are purged (at least 24 h by default). */
+    tombstoneRetentionSec: sec.default(86_400),
+    lagWarnSec: sec.default(60),
+    lagCriticalSec: sec.default(300),
+    /** Group commit: several source transactions per target transaction while behind. */
+    batch: z
+      .object({
+        maxTransactions: z.number().int().positive().default(500),
+        maxRows: z.number().int().positive().default(10_000),
+      })
+      .strict()
+      .default({ maxTransactions: 500, maxRows: 10_000 }),
+    /** Give each region interleaved sequences (increment = number of regions). */
+    interleaveSequences: z.boolean().default(false),
+  })
+  .strict();
+export type ReplicationConfig = z.output<typeof replication>;
