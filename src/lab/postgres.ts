@@ -50,7 +50,7 @@ async function binaries(): Promise<{ postgres: string; initdb: string }> {
 }
 
 /** PostgreSQL refuses to run as root; as root we run it as the `postgres` user, creating it if needed. */
-function runAsIds(): { uid: number; gid: number } | undefined {
+export function postgresUserIds(): { uid: number; gid: number } | undefined {
   if (userInfo().uid !== 0) return undefined;
   const lookup = () => {
     try {
@@ -186,7 +186,7 @@ export class PostgresServer extends BaseService {
   }
 
   protected async onStart(signal?: AbortSignal): Promise<void> {
-    const ids = runAsIds();
+    const ids = postgresUserIds();
     const o = this.options;
     if (!existsSync(path.join(o.dataDir, 'PG_VERSION'))) await this.#initdb(ids);
     const { postgres } = await binaries();
