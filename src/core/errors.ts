@@ -29,6 +29,7 @@ export const ERROR_CODES = {
   TANDEM_ERR_DRILL: 'The drill could not run or missed a bound; read the report.',
   TANDEM_ERR_VERIFY: 'The regions differ; the differing keys are listed.',
   TANDEM_ERR_HTTP: 'An HTTP call failed; the message names the URL and status.',
+  TANDEM_ERR_DB_UNAVAILABLE: 'The region database did not answer; check it is running and reachable from this host.',
   TANDEM_ERR_INTERNAL: 'This is a bug in tandem; please report it with the log.',
 } as const;
 
