@@ -14,7 +14,7 @@ import { ApiServer, type Route } from '../core/http.ts';
 import { loadConfig, regionByName, type Config, type HostPort } from '../core/config/index.ts';
 import { HealthChecker, isServing, type HealthSource, type RegionHealth, type HealthTransition } from '../health/checker.ts';
 import { GeoDb } from './geo.ts';
-import { GeoPolicy, AnswerTable, choose, parseCidr, type RegionAnswerInput } from './policy.ts';
+import { GeoPolicy, AnswerTable, parseCidr, type RegionAnswerInput } from './policy.ts';
 import { buildZone, type Zone } from './zone.ts';
 import { DnsEngine, type EngineState } from './engine.ts';
 import { DnsServer, type BoundListener } from './server.ts';
@@ -349,24 +349,8 @@ export class DnsDaemon extends BaseService {
   }
 
   /** What an address (and optional ECS subnet) gets now, for every service. */
-  explain(ip: string, ecs?: string): unknown {
-    const { policy } = this.#compiled;
-    let subject = ip;
-    if (ecs) {
-      const net = parseCidr(ecs);
-      if (!net) throw new TandemError('TANDEM_ERR_USAGE', `ecs must be a CIDR with zero host bits, found ${JSON.stringify(ecs)}`);
-      subject = ecs.split('/')[0]!;
-    }
-    const e = policy.explain(subject);
-    const table = this.#engine.state.table;
-    const orderIdx = e.class.orderIdx;
-    const services = this.#compiled.zone.services.map((s, i) => {
-      const a = table.picks[i]![0]![orderIdx]!;
-      const aaaa = table.picks[i]![1]![orderIdx]!;
-      const describe = (p: typeof a) => p.choices.map((c, k) => ({ region: c.region, addresses: c.addresses, local: c.local, failOpen: c.failOpen, ...(p.choices.length > 1 ? { weight: p.cumulative[k]! - (p.cumulative[k - 1] ?? 0) } : {}) }));
-      return { name: `${s.name}.`, ttlSec: s.ttlSec, A: describe(a), AAAA: describe(aaaa), sample: choose(a, 0).region };
-    });
-    return { ...e, source: ecs ? 'ecs' : 'address', ...(ecs ? { ecs } : {}), services };
+  explain(ip: string, ecs?: string): ExplainResult {
+    return explainWith(this.#compiled, this.#engine.state.table, ip, ecs);
   }
 
   #routes(): Route[] {
@@ -422,4 +406,57 @@ export class DnsDaemon extends BaseService {
       },
     ];
   }
+}
+
+/** The answer of `explain`: what the database says, the class and order, and each service's answer. */
+export type ExplainResult = ReturnType<GeoPolicy['explain']> & {
+  source: 'ecs' | 'address';
+  ecs?: string;
+  services: { name: string; ttlSec: number; A: ExplainChoice[]; AAAA: ExplainChoice[] }[];
+};
+
+/** One possible answer (several when weighted). */
+export interface ExplainChoice {
+  region: string;
+  addresses: string[];
+  local: boolean;
+  failOpen: boolean;
+  weight?: number;
+}
+
+function explainWith(compiled: { zone: Zone; policy: GeoPolicy }, table: AnswerTable, ip: string, ecs?: string): ExplainResult {
+  let subject = ip;
+  if (ecs) {
+    if (!parseCidr(ecs)) throw new TandemError('TANDEM_ERR_USAGE', `ecs must be a CIDR with zero host bits, found ${JSON.stringify(ecs)}`);
+    subject = ecs.split('/')[0]!;
+  }
+  const e = compiled.policy.explain(subject);
+  const orderIdx = e.class.orderIdx;
+  const describe = (p: AnswerTable['picks'][number][number][number]): ExplainChoice[] =>
+    p.choices.map((c, k) => ({
+      region: c.region,
+      addresses: c.addresses,
+      local: c.local,
+      failOpen: c.failOpen,
+      ...(p.choices.length > 1 ? { weight: p.cumulative[k]! - (p.cumulative[k - 1] ?? 0) } : {}),
+    }));
+  const services = compiled.zone.services.map((s, i) => ({ name: `${s.name}.`, ttlSec: s.ttlSec, A: describe(table.picks[i]![0]![orderIdx]!), AAAA: describe(table.picks[i]![1]![orderIdx]!) }));
+  return { ...e, source: ecs ? 'ecs' : 'address', ...(ecs ? { ecs } : {}), services };
+}
+
+/**
+ * `tandem dns explain` without a running server: the config and database
+ * alone, every region assumed healthy and undrained, config weights applied.
+ */
+export function explainOffline(config: Config, ip: string, ecs?: string): ExplainResult {
+  const compiled = compile(config, 1);
+  const regions: RegionAnswerInput[] = config.regions.map((r) => ({
+    name: r.name,
+    healthy: true,
+    drained: false,
+    ipv4: r.addresses.filter((a) => !a.includes(':')),
+    ipv6: r.addresses.filter((a) => a.includes(':')),
+  }));
+  const services = compiled.zone.services.map((s, i) => ({ name: s.name, ttlSec: s.ttlSec, weights: config.dns!.services[i]!.weights ?? {} }));
+  return explainWith(compiled, new AnswerTable(compiled.policy.orders, regions, services), ip, ecs);
 }
