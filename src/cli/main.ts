@@ -18,6 +18,7 @@ const program = new Command('tandem')
 
 const registrations: Array<() => Promise<{ register(program: Command): void }>> = [
   // One line per part; keep in DESIGN.md order.
+  () => import('./dns.ts'),
   () => import('./app.ts'),
   () => import('./lab.ts'),
 ];
