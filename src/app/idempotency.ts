@@ -68,7 +68,8 @@ export function fingerprint(method: string, pathWithQuery: string, body: unknown
  * every region. `kind` separates several entities made by one request.
  */
 export function entityId(scope: string, key: string, kind = 'entity'): string {
-  return uuidv5(`${kind}\n${scope}\n${key}`, TANDEM_ID_NAMESPACE);
+  // JSON keeps the parts apart whatever characters they hold (a user name may contain a newline).
+  return uuidv5(JSON.stringify([kind, scope, key]), TANDEM_ID_NAMESPACE);
 }
 
 /** A stored response, replayed to retries. */
