@@ -32,7 +32,7 @@ const rand = rng(seed);
 const int = (n: number) => Math.floor(rand() * n);
 
 const NAMES = ['app.tandem.test', 'tandem.test', 'www.tandem.test', 'missing.tandem.test', 'example.com', 'deep.sub.tandem.test', 'a.b.c.d.e.f.tandem.test'];
-const TYPES: dnsPacket.RecordType[] = ['A', 'AAAA', 'NS', 'SOA', 'MX', 'TXT', 'CNAME', 'ANY'];
+const TYPES = ['A', 'AAAA', 'NS', 'SOA', 'MX', 'TXT', 'CNAME', 'ANY'] as unknown as dnsPacket.RecordType[];
 const ECS = ['49.204.1.0/24', '106.51.0.0/24', '115.96.0.0/24', '2401:4900::/32', '0.0.0.0/0', '1.2.3.4/32', '10.0.0.0/7'];
 
 function validQuery(): Buffer {
