@@ -139,6 +139,84 @@ export function register(program: Command): void {
     .action(fenceAction(false));
 
   app
+    .command('load')
+    .description('Synthetic clients per geography: resolve the service through the DNS servers (ECS, TTL), send idempotent writes and reads at a steady rate.')
+    .option('--dns <host:port...>', 'DNS servers in order (default: every region\'s first dns.listen)')
+    .option('--name <fqdn>', 'service name (default: the first dns.services name in dns.zone)')
+    .option('--port <n>', 'service port (default: the first region\'s app.listen port)', intOption('--port', 1))
+    .option('--geo <name=cidr...>', 'a geography and its ECS subnet, e.g. chennai=49.204.1.0/24 (repeatable; default one client without ECS)')
+    .option('--rate <n>', 'operations per second per geography', Number, 2)
+    .option('--count <n>', 'operations per geography', intOption('--count', 1))
+    .option('--duration <sec>', 'run for this many seconds', intOption('--duration', 1))
+    .option('--write-ratio <f>', 'fraction of operations that are writes', Number, 0.5)
+    .option('--seed <n>', 'seed of the read/write mix', intOption('--seed', 0))
+    .option('--out <file>', 'write every record as a JSON line to this file')
+    .option('--json', 'print the summary as JSON')
+    .action(
+      async (
+        opts: { dns?: string[]; name?: string; port?: number; geo?: string[]; rate: number; count?: number; duration?: number; writeRatio: number; seed?: number; out?: string; json?: boolean },
+        cmd: Command,
+      ) => {
+        const [{ runLoad }, { createWriteStream }, { hostPort }] = await Promise.all([import('../service/load.ts'), import('node:fs'), import('../core/config/index.ts')]);
+        const config = commandConfig(cmd);
+        if (opts.count === undefined && opts.duration === undefined) throw new TandemError('TANDEM_ERR_USAGE', 'give --count or --duration');
+        if (!(opts.rate > 0)) throw new TandemError('TANDEM_ERR_USAGE', `--rate must be a number > 0 (found ${opts.rate})`);
+        if (!(opts.writeRatio >= 0 && opts.writeRatio <= 1)) throw new TandemError('TANDEM_ERR_USAGE', `--write-ratio must be between 0 and 1 (found ${opts.writeRatio})`);
+        const parseHostPort = (text: string, what: string) => {
+          const r = hostPort.safeParse(text);
+          if (!r.success) throw new TandemError('TANDEM_ERR_USAGE', `${what}: expected host:port, found ${JSON.stringify(text)}`);
+          return r.data;
+        };
+        const dnsServers = opts.dns?.map((d) => parseHostPort(d, '--dns')) ?? config.regions.flatMap((r) => (r.dns ? [r.dns.listen[0]!] : []));
+        if (dnsServers.length === 0) throw new TandemError('TANDEM_ERR_USAGE', 'no DNS servers: pass --dns or configure regions[].dns.listen');
+        const zone = config.dns?.zone.replace(/\.$/, '');
+        const service = config.dns?.services[0]?.name;
+        const name = opts.name ?? (zone && service ? `${service}.${zone}` : undefined);
+        if (!name) throw new TandemError('TANDEM_ERR_USAGE', 'no service name: pass --name or configure dns.zone and dns.services');
+        const port = opts.port ?? config.regions.find((r) => r.app)?.app?.listen.port;
+        if (!port) throw new TandemError('TANDEM_ERR_USAGE', 'no service port: pass --port or configure regions[].app.listen');
+        const geos = (opts.geo ?? ['default']).map((g) => {
+          const [geo, ecs] = g.split('=', 2) as [string, string | undefined];
+          if (!geo) throw new TandemError('TANDEM_ERR_USAGE', `--geo: expected name=cidr, found ${JSON.stringify(g)}`);
+          return ecs ? { geo, ecs } : { geo };
+        });
+        const out = opts.out ? createWriteStream(opts.out) : undefined;
+        const stop = new AbortController();
+        const onSignal = () => stop.abort();
+        process.once('SIGINT', onSignal);
+        process.once('SIGTERM', onSignal);
+        try {
+          const result = await runLoad({
+            serviceName: name,
+            dnsServers,
+            port,
+            geos,
+            ratePerSec: opts.rate,
+            count: opts.count,
+            durationMs: opts.duration === undefined ? undefined : opts.duration * 1000,
+            writeRatio: opts.writeRatio,
+            seed: opts.seed,
+            signal: stop.signal,
+            onRecord: out ? (r) => out.write(`${JSON.stringify(r)}\n`) : undefined,
+          });
+          const summary = { seed: result.seed, name, dnsServers, port, stats: result.stats, byGeo: result.byGeo, dnsQueries: result.dnsQueries };
+          output(Boolean(opts.json), summary, () => {
+            const s = result.stats;
+            return [
+              `seed ${result.seed}: ${s.operations} operations (${s.writes} writes, ${s.acknowledged} acknowledged, ${s.writesFailed} failed; ${s.reads} reads, ${s.readsOk} ok)`,
+              `attempts ${s.attempts} (${s.retries} retries), DNS queries ${result.dnsQueries}, by region ${JSON.stringify(s.byRegion)}`,
+              `latency ms p50 ${s.latencyMs.p50} p95 ${s.latencyMs.p95} p99 ${s.latencyMs.p99} max ${s.latencyMs.max}`,
+            ].join('\n');
+          });
+        } finally {
+          process.off('SIGINT', onSignal);
+          process.off('SIGTERM', onSignal);
+          if (out) await new Promise<void>((r) => out.end(() => r()));
+        }
+      },
+    );
+
+  app
     .command('tables')
     .description('Print the tables to put in replication.tables for the kit and the reference service.')
     .option('--json', 'print JSON')

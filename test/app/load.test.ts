@@ -8,6 +8,11 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { stringify } from 'yaml';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import dnsPacket from 'dns-packet';
@@ -197,4 +202,34 @@ test('refuses to send traffic outside loopback', async () => {
   const result = await runLoad({ serviceName: 'app.tandem.test', dnsServers: [stubAddr], port, geos: [{ geo: 'x' }], ratePerSec: 50, count: 2, writeRatio: 0, seed: 1 });
   assert.equal(result.stats.readsOk, 0);
   assert.ok(result.records.every((r) => r.status === 0 && /outside loopback/.test(r.error ?? '')));
+});
+
+test('tandem app load: the same client from the command line, records as JSON lines', async () => {
+  stub.answer = { addresses: ['127.0.2.1'], ttlSec: 30 };
+  const dir = mkdtempSync(path.join(tmpdir(), 'tandem-load-cli-'));
+  try {
+    const configFile = path.join(dir, 'tandem.yaml');
+    writeFileSync(configFile, stringify({ regions: [{ name: 'r1', addresses: ['127.0.1.1'], healthUrl: 'http://127.0.1.1/healthz', database: { host: '127.0.1.1' } }] }));
+    const out = path.join(dir, 'records.jsonl');
+    const args = ['bin/tandem.js', 'app', 'load', '-c', configFile, '--dns', `${stubAddr.host}:${stubAddr.port}`, '--name', 'app.tandem.test', '--port', String(port)];
+    args.push('--geo', 'pune=115.96.0.0/24', '--rate', '20', '--count', '6', '--seed', '3', '--out', out, '--json');
+    const child = spawn(process.execPath, args, { cwd: path.resolve(import.meta.dirname, '../..'), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    assert.equal(code, 0, stderr);
+    const summary = JSON.parse(stdout) as { seed: number; stats: { operations: number; byRegion: Record<string, number> } };
+    assert.equal(summary.seed, 3);
+    assert.equal(summary.stats.operations, 6);
+    assert.deepEqual(summary.stats.byRegion, { r2: 6 });
+    const lines = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as LoadRecord);
+    assert.equal(lines.length, 6);
+    assert.ok(lines.every((r) => r.geo === 'pune' && r.region === 'r2' && r.ok));
+    const usage = spawn(process.execPath, ['bin/tandem.js', 'app', 'load', '-c', configFile, '--count', '1', '--dns', 'nonsense'], { cwd: path.resolve(import.meta.dirname, '../..') });
+    assert.equal(await new Promise<number | null>((resolve) => usage.once('exit', resolve)), 2);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

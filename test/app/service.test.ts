@@ -437,6 +437,36 @@ describe('health and metrics', () => {
   });
 });
 
+describe('database timeouts', () => {
+  test('a statement stuck behind a lock is cancelled by the statement/lock timeout and answered 503', async () => {
+    const config = testConfig(cluster, { db: { poolSize: 2, connectTimeoutMs: 1_000, statementTimeoutMs: 300 } });
+    const slow = new ShopService({ config, region: 'r1', logger: captureLogger().logger, purgeIntervalMs: 0 });
+    await slow.start();
+    const blocker = await client(cluster.servers[0]!);
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query('LOCK TABLE shop.orders IN ACCESS EXCLUSIVE MODE');
+      const started = performance.now();
+      const res = await request(slow.url, 'GET', `/v1/orders/${randomUUID()}`);
+      const ms = performance.now() - started;
+      assert.equal(res.status, 503, res.text);
+      assert.equal(res.json.type, 'urn:tandem:problem:database-unavailable');
+      assert.ok(ms < 3_000, `answered after ${Math.round(ms)} ms`);
+      // A write on the same lock: cancelled, key released, so a retry after the lock is gone succeeds.
+      const key = randomUUID();
+      const w = await request(slow.url, 'POST', '/v1/orders', { body: order(), headers: { 'idempotency-key': sfKey(key) } });
+      assert.equal(w.status, 503);
+      await blocker.query('COMMIT');
+      const retry = await request(slow.url, 'POST', '/v1/orders', { body: order(), headers: { 'idempotency-key': sfKey(key) } });
+      assert.equal(retry.status, 201, retry.text);
+    } finally {
+      await blocker.query('ROLLBACK').catch(() => {});
+      await blocker.end();
+      await slow.stop();
+    }
+  });
+});
+
 describe('database outage', () => {
   test('with PostgreSQL killed, writes and /healthz answer 503 quickly; service recovers when it is back', async () => {
     const server = cluster.servers[0]!;
