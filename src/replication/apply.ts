@@ -1,0 +1,1138 @@
+/**
+ * The batch applier: applies the changes of one or more source transactions
+ * from one peer in ONE target transaction (group commit), with set-based
+ * statements per table — the number of statements per batch does not grow
+ * with the number of rows.
+ *
+ * Per table and batch:
+ *   1. lock the existing rows of every key (`FOR UPDATE`, in key order) and
+ *      read their `xmin` and its commit time;
+ *   2. lock and read the keys' `tandem.row_versions` entries (a new statement,
+ *      so it sees everything committed by whoever held the row locks);
+ *   3. (only when needed) read the local rows as JSON for conflict records and
+ *      custom resolvers;
+ *   4. resolve every key in TypeScript (`resolve.ts`), then write everything in
+ *      one statement: deletes, updates, inserts, version entries, conflicts.
+ * The write statement returns row counts; a count that differs from what the
+ * reads promised means a concurrent writer slipped in (a local INSERT of a key
+ * we saw absent, or another peer's apply) and the whole batch is retried.
+ *
+ * Progress commits atomically with the data: `pg_replication_origin_xact_setup`
+ * runs in the same transaction and `tandem.replication_status` is updated
+ * there too. The caller acknowledges the source only after `apply` returns.
+ */
+import { createHash } from 'node:crypto';
+import type pg from 'pg';
+import { TandemError, isTandemError } from '../core/errors.ts';
+import type { Logger } from '../core/log.ts';
+import { sleep } from '../core/lifecycle.ts';
+import { quoteIdent, tableKey } from '../core/sql.ts';
+import { UNCHANGED_TOAST, type TupleValue } from './pgoutput.ts';
+import { formatLsn, parseLsn } from './protocol.ts';
+import { describeTables, schemaDrift, type SourceRelation, type TargetColumn, type TargetTable } from './catalog.ts';
+import {
+  EPOCH_US,
+  decide,
+  runCustomResolver,
+  squashWinner,
+  type ConflictKind,
+  type Decision,
+  type LocalState,
+  type Policy,
+  type TextRow,
+  type Version,
+} from './resolve.ts';
+import { CANONICAL_SETTINGS, originName } from './schema.ts';
+
+/** A row change from a source region, ready to apply. */
+export interface RowChange {
+  op: 'insert' | 'update' | 'delete';
+  rel: SourceRelation;
+  newTuple?: TupleValue[];
+  oldTuple?: TupleValue[];
+  oldKind?: 'K' | 'O';
+  /** (source commit time in Unix µs, source region). */
+  version: Version;
+  /** Commit LSN of the source transaction (for conflict records). */
+  lsn: bigint;
+}
+
+/** A TRUNCATE from a source region. */
+export interface TruncateChange {
+  op: 'truncate';
+  rels: SourceRelation[];
+  cascade: boolean;
+  restartIdentity: boolean;
+  version: Version;
+  lsn: bigint;
+}
+
+export type Change = RowChange | TruncateChange;
+
+/** What one target transaction applies: changes of whole source transactions plus progress. */
+export interface Batch {
+  changes: Change[];
+  /** Number of source transactions in the batch. */
+  txns: number;
+  /** The origin progress to commit: end LSN and commit time (Unix µs) of the last source transaction or heartbeat. */
+  progress: { lsn: bigint; tsUs: bigint };
+  /** Latest source commit time or heartbeat time in the batch (Unix µs): what lag is measured from. */
+  sourceTsUs: bigint;
+  /** Latest heartbeat time in the batch (Unix µs), if any. */
+  heartbeatUs?: bigint;
+}
+
+/** Counters of one applied batch. */
+export interface ApplyStats {
+  rows: number;
+  parked: number;
+  replayed: number;
+  conflicts: Partial<Record<ConflictKind, number>>;
+  /** Conflicts whose change could not be applied at all (unchanged TOAST with no row). */
+  unapplicable: number;
+  attempts: number;
+}
+
+/** Why a table is paused for this peer. */
+export interface PausedTable {
+  table: string;
+  reason: string;
+  kind: 'drift' | 'error' | 'unconfigured';
+  since: Date;
+  parked: number;
+}
+
+/** Hooks for metrics and alerts. */
+export interface ApplierEvents {
+  onPause?(p: PausedTable): void;
+  onResume?(table: string, replayed: number): void;
+}
+
+export interface ApplierOptions {
+  db: pg.ClientBase;
+  /** This region (the target). */
+  localRegion: string;
+  /** The source region. */
+  peer: string;
+  /** Canonical names (`tableKey`) of the replicated tables; changes of any other table are parked. */
+  tables: ReadonlySet<string>;
+  /** Conflict policy of a table (by `tableKey`). */
+  policyFor(table: string): Policy;
+  logger: Logger;
+  events?: ApplierEvents;
+  /** Retries of a batch after races, deadlocks and serialization failures. */
+  maxAttempts?: number;
+  /** Test hook: runs after a table's reads and before its write (to inject a concurrent writer). */
+  beforeWrite?(table: string, attempt: number): Promise<void>;
+}
+
+/** SQL: a timestamptz as Unix microseconds (text, exact). */
+const tsUs = (expr: string) => `(extract(epoch from ${expr}) * 1000000)::int8::text`;
+
+/** Unix µs → a timestamptz literal PostgreSQL parses exactly. */
+export function usToTimestamp(us: bigint): string {
+  const ms = us >= 0n ? us / 1000n : -((-us + 999n) / 1000n);
+  const micro = us - ms * 1000n;
+  const iso = new Date(Number(ms)).toISOString(); // YYYY-MM-DDTHH:MM:SS.mmmZ
+  return `${iso.slice(0, 23)}${micro.toString().padStart(3, '0')}+00`;
+}
+
+/** An error that a retry of the whole batch fixes (a concurrent writer, a deadlock). */
+class RaceError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RaceError';
+  }
+}
+
+/** An error raised while applying one table's changes. */
+class TableApplyError extends Error {
+  constructor(
+    readonly table: string,
+    override readonly cause: unknown,
+  ) {
+    super(`${table}: ${(cause as Error)?.message ?? String(cause)}`);
+    this.name = 'TableApplyError';
+  }
+}
+
+const RETRYABLE_SQLSTATES = new Set(['40001', '40P01', '55P03']);
+/** SQLSTATEs that smell of a schema change under us: refresh the catalog and re-check drift. */
+const SCHEMA_SQLSTATES = new Set(['42703', '42P01', '42804', '42883', '42P10', '0A000', '42846']);
+
+/** Errors that belong to one table's data or definition (not to the session or the connection). */
+function isTableError(err: TableApplyError): boolean {
+  if (err.cause instanceof TandemError) return err.cause.code !== 'TANDEM_ERR_INTERNAL';
+  const state = sqlState(err);
+  return state !== undefined && /^(22|23|42|0A|2B|2F|39|P0)/.test(state);
+}
+
+function sqlState(err: unknown): string | undefined {
+  const e = (err instanceof TableApplyError ? err.cause : err) as { code?: unknown };
+  return typeof e?.code === 'string' ? e.code : undefined;
+}
+
+/** One key's squashed change, ready to resolve. */
+interface KeyEntry {
+  /** Raw key texts as the source sent them. */
+  key: string[];
+  keyId: string;
+  op: 'insert' | 'update' | 'delete';
+  /** Values in target column order (undefined for deletes); UNCHANGED_TOAST where still unknown. */
+  values?: TupleValue[];
+  version: Version;
+  lsn: bigint;
+  /** Key-changing update: where to take still-unknown TOAST values from (the old key, raw texts). */
+  fillFrom?: string[];
+  /** Superseded changes of this key in the batch with a lower version (recorded as conflicts). */
+  stale: Array<{ op: 'insert' | 'update' | 'delete'; version: Version; lsn: bigint; values?: TupleValue[] }>;
+}
+
+interface LocalInfo {
+  pk: string[];
+  state: LocalState;
+  /** The row exists (and is locked). */
+  exists: boolean;
+  /** A row_versions entry exists (and is locked). */
+  hasEntry: boolean;
+}
+
+/** The per-table write plan, gathered from decisions. */
+interface WritePlan {
+  deletes: KeyEntry[];
+  updates: Array<{ e: KeyEntry; values: TupleValue[] }>;
+  inserts: Array<{ e: KeyEntry; values: TupleValue[] }>;
+  versions: Array<{ pk: string[]; version: Version; deleted: boolean; hasEntry: boolean }>;
+  conflicts: ConflictRecord[];
+}
+
+interface ConflictRecord {
+  pk: string[];
+  kind: ConflictKind;
+  local?: Version;
+  remote: Version;
+  localRow?: unknown;
+  remoteRow?: Record<string, string | null>;
+  decision: 'apply' | 'skip' | 'custom';
+  reason?: string;
+  lsn: bigint;
+  /** Filled once local rows are read. */
+  needsLocalRow: boolean;
+  entryIndex: number;
+}
+
+/** Applies batches from one peer into the local database over one session. */
+export class Applier {
+  readonly #o: ApplierOptions;
+  #targets = new Map<string, TargetTable | undefined>();
+  #targetsLoadedAt = 0;
+  #driftCache = new WeakMap<SourceRelation, { at: number; diffs: string[] }>();
+  #paused = new Map<string, PausedTable>();
+  /** Tables that failed with a non-transient error: table → consecutive failures. */
+  #failures = new Map<string, number>();
+  #maxAttempts: number;
+  #statementNames = new Map<string, string>();
+
+  constructor(opts: ApplierOptions) {
+    this.#o = opts;
+    this.#maxAttempts = opts.maxAttempts ?? 8;
+  }
+
+  /** Paused tables of this peer (drift, errors, unconfigured), with parked counts. */
+  get paused(): PausedTable[] {
+    return [...this.#paused.values()];
+  }
+
+  /**
+   * Prepare the session: canonical text settings, `session_replication_role =
+   * replica` (no user triggers or FK checks for applied rows), the replication
+   * origin of this peer, the paused tables left by an earlier run. Returns the
+   * origin's durable progress (0 when nothing was applied yet).
+   */
+  async init(): Promise<bigint> {
+    const db = this.#o.db;
+    const sets = [...CANONICAL_SETTINGS, ['session_replication_role', 'replica'] as const].map(([k, v]) => `SET ${k} = '${v.replaceAll("'", "''")}'`);
+    await db.query(sets.join('; '));
+    const origin = originName(this.#o.peer);
+    const { rows: o } = await db.query<{ ok: boolean }>('SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1) AS ok', [origin]);
+    if (!o[0]?.ok) {
+      throw new TandemError('TANDEM_ERR_STATE', `replication origin "${origin}" does not exist in this region; run \`tandem replicate setup\``);
+    }
+    // A reused session may still have an origin set up (a previous applier on it).
+    await db.query('SELECT pg_replication_origin_session_reset() WHERE pg_replication_origin_session_is_setup()');
+    await db.query('SELECT pg_replication_origin_session_setup($1)', [origin]);
+    const { rows } = await db.query<{ lsn: string | null }>('SELECT pg_replication_origin_progress($1, true)::text AS lsn', [origin]);
+    await this.#loadParked();
+    await this.refreshTargets();
+    const lsn = rows[0]?.lsn;
+    return lsn ? parseLsn(lsn) : 0n;
+  }
+
+  async #loadParked(): Promise<void> {
+    const { rows } = await this.#o.db.query<{ relname: string; n: string; reason: string; since: Date }>(
+      `SELECT relname, count(*)::text AS n, (array_agg(reason ORDER BY id DESC))[1] AS reason, min(parked_at) AS since
+         FROM tandem.parked WHERE peer = $1 GROUP BY relname`,
+      [this.#o.peer],
+    );
+    for (const r of rows) {
+      const kind = r.reason.startsWith('apply error') ? 'error' : r.reason.includes('replication.tables') ? 'unconfigured' : 'drift';
+      this.#paused.set(r.relname, { table: r.relname, reason: r.reason, kind, since: r.since, parked: Number(r.n) });
+    }
+  }
+
+  /** Re-read the target tables' definitions (drift is judged against them). */
+  async refreshTargets(): Promise<void> {
+    const names = [...this.#o.tables].map(parseKey);
+    for (const p of this.#paused.keys()) if (!this.#o.tables.has(p)) names.push(parseKey(p));
+    this.#targets = await describeTables(this.#o.db, names);
+    this.#targetsLoadedAt = Date.now();
+  }
+
+  /** Drift between a source relation and this region's table; [] when they match. Cached per Relation message. */
+  #drift(rel: SourceRelation): string[] {
+    const cached = this.#driftCache.get(rel);
+    if (cached && cached.at === this.#targetsLoadedAt) return cached.diffs;
+    const diffs = this.#o.tables.has(rel.key)
+      ? schemaDrift(rel, this.#targets.get(rel.key))
+      : [`${rel.key} is published by ${this.#o.peer} but is not in this region's replication.tables`];
+    this.#driftCache.set(rel, { at: this.#targetsLoadedAt, diffs });
+    return diffs;
+  }
+
+  /** Whether changes of this relation are parked instead of applied (and pause it on first drift). */
+  #isPaused(rel: SourceRelation): boolean {
+    if (this.#paused.has(rel.key)) return true;
+    const diffs = this.#drift(rel);
+    if (diffs.length === 0) return false;
+    const kind = this.#o.tables.has(rel.key) ? 'drift' : 'unconfigured';
+    this.#pause(rel.key, `schema drift: ${diffs.join('; ')}`, kind);
+    return true;
+  }
+
+  #pause(table: string, reason: string, kind: PausedTable['kind']): void {
+    const p: PausedTable = { table, reason, kind, since: new Date(), parked: 0 };
+    this.#paused.set(table, p);
+    const code = kind === 'error' ? 'TANDEM_ERR_REPLICATION' : 'TANDEM_ERR_SCHEMA_DRIFT';
+    this.#o.logger.error({ code, peer: this.#o.peer, table, reason }, `apply of ${table} from ${this.#o.peer} paused: ${reason}; its changes are parked in tandem.parked and replayed once fixed`);
+    this.#o.events?.onPause?.(p);
+  }
+
+  /**
+   * Apply one batch in one target transaction, retrying races, deadlocks and
+   * serialization failures. Schema errors refresh the catalog (the table then
+   * pauses on drift); a table that keeps failing with a data error is paused
+   * with that error. Throws only when the session itself is broken.
+   */
+  async apply(batch: Batch): Promise<ApplyStats> {
+    let attempt = 0;
+    for (;;) {
+      attempt++;
+      const stats: ApplyStats = { rows: 0, parked: 0, replayed: 0, conflicts: {}, unapplicable: 0, attempts: attempt };
+      try {
+        await this.#o.db.query('BEGIN');
+        await this.#applyChanges(batch.changes, stats, batch);
+        await this.#writeStatus(batch, stats);
+        await this.#o.db.query('COMMIT');
+        this.#failures.clear();
+        return stats;
+      } catch (err) {
+        await this.#o.db.query('ROLLBACK').catch(() => {});
+        if (attempt >= this.#maxAttempts * 4) throw err;
+        const state = sqlState(err);
+        if (err instanceof RaceError || (state && RETRYABLE_SQLSTATES.has(state))) {
+          if (attempt >= this.#maxAttempts) {
+            // Persistent contention: keep going, but slower and visibly.
+            this.#o.logger.warn({ peer: this.#o.peer, attempt, err: (err as Error).message }, 'apply keeps racing with concurrent writers; retrying');
+          }
+          await sleep(Math.min(1000, 5 * 2 ** Math.min(attempt, 8)) * (0.5 + Math.random()));
+          continue;
+        }
+        if (err instanceof TableApplyError && isTableError(err)) {
+          if (state && SCHEMA_SQLSTATES.has(state)) {
+            this.#o.logger.warn({ peer: this.#o.peer, table: err.table, err: (err as Error).message }, 'apply hit a schema error; re-reading the table definitions');
+            await this.refreshTargets();
+          } else {
+            this.#o.logger.warn({ peer: this.#o.peer, table: err.table, err: (err as Error).message }, 'apply of a table failed; retrying');
+          }
+          this.#countFailure(err);
+          continue;
+        }
+        throw err instanceof TableApplyError ? err.cause : err;
+      }
+    }
+  }
+
+  #countFailure(err: TableApplyError): void {
+    const n = (this.#failures.get(err.table) ?? 0) + 1;
+    this.#failures.set(err.table, n);
+    if (n >= 3 && !this.#paused.has(err.table)) {
+      this.#pause(err.table, `apply error: ${(err.cause as Error)?.message ?? String(err.cause)} (SQLSTATE ${sqlState(err) ?? '?'})`, 'error');
+    }
+  }
+
+  async #writeStatus(batch: Batch, stats: ApplyStats): Promise<void> {
+    await this.#o.db.query(
+      this.#named(`INSERT INTO tandem.replication_status AS s (peer, source_commit_ts, source_lsn, applied_at, last_heartbeat_at, applied_txns, applied_rows)
+       SELECT $1, $2::timestamptz, $3::pg_lsn, clock_timestamp(), $4::timestamptz, $5, $6
+         FROM (SELECT pg_replication_origin_xact_setup($3::pg_lsn, $7::timestamptz)) AS origin
+       ON CONFLICT (peer) DO UPDATE SET
+         source_commit_ts = GREATEST(s.source_commit_ts, EXCLUDED.source_commit_ts),
+         source_lsn = EXCLUDED.source_lsn,
+         applied_at = EXCLUDED.applied_at,
+         last_heartbeat_at = COALESCE(GREATEST(s.last_heartbeat_at, EXCLUDED.last_heartbeat_at), s.last_heartbeat_at),
+         applied_txns = s.applied_txns + EXCLUDED.applied_txns,
+         applied_rows = s.applied_rows + EXCLUDED.applied_rows`),
+      [
+        this.#o.peer,
+        usToTimestamp(batch.sourceTsUs),
+        formatLsn(batch.progress.lsn),
+        batch.heartbeatUs === undefined ? null : usToTimestamp(batch.heartbeatUs),
+        batch.txns,
+        stats.rows,
+        usToTimestamp(batch.progress.tsUs),
+      ],
+    );
+  }
+
+  /** A statement with a stable name so PostgreSQL plans it once per session. */
+  #named(text: string): pg.QueryConfig {
+    let name = this.#statementNames.get(text);
+    if (!name) {
+      name = `tandem_${createHash('sha1').update(text).digest('hex').slice(0, 20)}`;
+      if (this.#statementNames.size > 2000) this.#statementNames.clear();
+      this.#statementNames.set(text, name);
+    }
+    return { name, text };
+  }
+
+  async #applyChanges(changes: readonly Change[], stats: ApplyStats, batch: Batch | undefined): Promise<void> {
+    // Tables resumable now replay their parked backlog first, in this transaction, before newer changes.
+    // Truncates are barriers: apply what came before them first.
+    let segment: RowChange[] = [];
+    const flush = async () => {
+      if (segment.length === 0) return;
+      const byTable = new Map<string, RowChange[]>();
+      for (const c of segment) {
+        let list = byTable.get(c.rel.key);
+        if (!list) byTable.set(c.rel.key, (list = []));
+        list.push(c);
+      }
+      segment = [];
+      for (const [table, list] of byTable) {
+        if (this.#paused.has(table) || list.some((c) => this.#isPaused(c.rel))) {
+          await this.#park(table, list, stats);
+        } else {
+          await this.#applyTable(table, list, stats);
+        }
+      }
+    };
+    for (const c of changes) {
+      if (c.op === 'truncate') {
+        await flush();
+        await this.#truncate(c, stats);
+      } else {
+        segment.push(c);
+      }
+    }
+    await flush();
+    void batch;
+  }
+
+  async #truncate(c: TruncateChange, stats: ApplyStats): Promise<void> {
+    const apply: TargetTable[] = [];
+    for (const rel of c.rels) {
+      if (this.#paused.has(rel.key) || this.#isPaused(rel)) {
+        await this.#parkRows(rel.key, [{ kind: 'truncate', c, rel }], stats);
+        continue;
+      }
+      const t = this.#targets.get(rel.key);
+      if (t) apply.push(t);
+    }
+    if (apply.length === 0) return;
+    const sql = `TRUNCATE ONLY ${apply.map((t) => t.quoted).join(', ')}${c.cascade ? ' CASCADE' : ''}`;
+    try {
+      await this.#o.db.query(sql);
+    } catch (err) {
+      throw new TableApplyError(apply[0]!.key, err);
+    }
+    stats.rows += apply.length;
+  }
+
+  async #park(table: string, list: RowChange[], stats: ApplyStats): Promise<void> {
+    await this.#parkRows(
+      table,
+      list.map((c) => ({ kind: 'row' as const, c })),
+      stats,
+    );
+  }
+
+  async #parkRows(
+    table: string,
+    items: Array<{ kind: 'row'; c: RowChange } | { kind: 'truncate'; c: TruncateChange; rel: SourceRelation }>,
+    stats: ApplyStats,
+  ): Promise<void> {
+    if (!this.#paused.has(table)) {
+      // Only reached for tables paused by #isPaused, which registers them; be defensive.
+      this.#pause(table, 'paused', 'drift');
+    }
+    const reason = this.#paused.get(table)!.reason;
+    const lsn: string[] = [];
+    const ts: string[] = [];
+    const op: string[] = [];
+    const relation: string[] = [];
+    const newT: (string | null)[] = [];
+    const oldT: (string | null)[] = [];
+    const oldK: (string | null)[] = [];
+    const options: (string | null)[] = [];
+    for (const it of items) {
+      lsn.push(formatLsn(it.c.lsn));
+      ts.push(usToTimestamp(it.c.version.tsUs));
+      if (it.kind === 'row') {
+        const c = it.c;
+        op.push(c.op);
+        relation.push(JSON.stringify(relationToJson(c.rel)));
+        newT.push(c.newTuple ? JSON.stringify(tupleToJson(c.newTuple)) : null);
+        oldT.push(c.oldTuple ? JSON.stringify(tupleToJson(c.oldTuple)) : null);
+        oldK.push(c.oldKind ?? null);
+        options.push(null);
+      } else {
+        op.push('truncate');
+        relation.push(JSON.stringify(relationToJson(it.rel)));
+        newT.push(null);
+        oldT.push(null);
+        oldK.push(null);
+        options.push(JSON.stringify({ cascade: it.c.cascade, restartIdentity: it.c.restartIdentity }));
+      }
+    }
+    await this.#o.db.query(
+      this.#named(`INSERT INTO tandem.parked (peer, relname, reason, source_lsn, commit_ts, op, relation, new_tuple, old_tuple, old_kind, options)
+       SELECT $1, $2, $3, k.lsn::pg_lsn, k.ts::timestamptz, k.op, k.rel::jsonb, k.nt::jsonb, k.ot::jsonb, k.ok, k.opt::jsonb
+         FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY
+              AS k(lsn, ts, op, rel, nt, ot, ok, opt, n)
+        ORDER BY k.n`),
+      [this.#o.peer, table, reason, lsn, ts, op, relation, newT, oldT, oldK, options],
+    );
+    stats.parked += items.length;
+    const p = this.#paused.get(table);
+    if (p) p.parked += items.length;
+  }
+
+  /**
+   * Try to resume paused tables: re-read the catalog, and for each paused
+   * table whose parked changes now match it, replay them (in order, through
+   * the normal resolution) and delete them, in one transaction per table and
+   * at most `limit` changes at a time. Returns the number replayed.
+   */
+  async resumePaused(limit = 10_000): Promise<number> {
+    if (this.#paused.size === 0) return 0;
+    await this.refreshTargets();
+    let total = 0;
+    for (const [table, p] of [...this.#paused]) {
+      if (!this.#o.tables.has(table)) continue;
+      const t = this.#targets.get(table);
+      if (!t) continue;
+      for (;;) {
+        const r = await this.#replayOnce(table, p, limit);
+        if (r.applied < 0) break; // still drifting or failed
+        total += r.applied;
+        if (r.drained) {
+          // Drained: the table flows again; a later Relation message is checked afresh.
+          this.#paused.delete(table);
+          this.#failures.delete(table);
+          this.#o.logger.info({ peer: this.#o.peer, table, replayed: total }, `apply of ${table} from ${this.#o.peer} resumed`);
+          this.#o.events?.onResume?.(table, total);
+          break;
+        }
+      }
+    }
+    return total;
+  }
+
+  /**
+   * Replay up to `limit` parked changes of one table in one transaction.
+   * `applied` is -1 when none can be applied yet; `drained` when nothing is left.
+   */
+  async #replayOnce(table: string, p: PausedTable, limit: number): Promise<{ applied: number; drained: boolean }> {
+    const db = this.#o.db;
+    const stats: ApplyStats = { rows: 0, parked: 0, replayed: 0, conflicts: {}, unapplicable: 0, attempts: 1 };
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await db.query('BEGIN');
+        const { rows } = await db.query<{
+          id: string;
+          source_lsn: string;
+          ts: string;
+          op: string;
+          relation: RelationJson;
+          new_tuple: TupleJson | null;
+          old_tuple: TupleJson | null;
+          old_kind: 'K' | 'O' | null;
+          options: { cascade: boolean; restartIdentity: boolean } | null;
+        }>(
+          `SELECT id::text, source_lsn::text, ${tsUs('commit_ts')} AS ts, op, relation, new_tuple, old_tuple, old_kind, options
+             FROM tandem.parked WHERE peer = $1 AND relname = $2 ORDER BY id LIMIT $3 FOR UPDATE`,
+          [this.#o.peer, table, limit],
+        );
+        if (rows.length === 0) {
+          await db.query('COMMIT');
+          return { applied: 0, drained: true };
+        }
+        const changes: Change[] = [];
+        const rels = new Map<string, SourceRelation>();
+        let lastId = '0';
+        for (const r of rows) {
+          const sig = JSON.stringify(r.relation);
+          let rel = rels.get(sig);
+          if (!rel) rels.set(sig, (rel = relationFromJson(r.relation)));
+          if (schemaDrift(rel, this.#targets.get(table)).length > 0) break; // replay up to the first change that still drifts
+          const version: Version = { tsUs: BigInt(r.ts), region: this.#o.peer };
+          const lsn = parseLsn(r.source_lsn);
+          if (r.op === 'truncate') {
+            changes.push({ op: 'truncate', rels: [rel], cascade: r.options?.cascade ?? false, restartIdentity: r.options?.restartIdentity ?? false, version, lsn });
+          } else {
+            const c: RowChange = { op: r.op as RowChange['op'], rel, version, lsn };
+            if (r.new_tuple) c.newTuple = tupleFromJson(r.new_tuple);
+            if (r.old_tuple) c.oldTuple = tupleFromJson(r.old_tuple);
+            if (r.old_kind) c.oldKind = r.old_kind;
+            changes.push(c);
+          }
+          lastId = r.id;
+        }
+        if (changes.length === 0) {
+          await db.query('ROLLBACK');
+          return { applied: -1, drained: false };
+        }
+        // Apply as if not paused (the paused flag is lifted for the duration of the replay).
+        this.#paused.delete(table);
+        try {
+          await this.#applyChanges(changes, stats, undefined);
+        } finally {
+          if (!this.#paused.has(table)) this.#paused.set(table, p);
+        }
+        if (stats.parked > 0) throw new TandemError('TANDEM_ERR_SCHEMA_DRIFT', `${table}: replayed changes were parked again`);
+        await db.query('DELETE FROM tandem.parked WHERE peer = $1 AND relname = $2 AND id <= $3::int8', [this.#o.peer, table, lastId]);
+        await db.query('COMMIT');
+        p.parked = Math.max(0, p.parked - changes.length);
+        stats.replayed = changes.length;
+        return { applied: changes.length, drained: changes.length === rows.length && rows.length < limit };
+      } catch (err) {
+        await db.query('ROLLBACK').catch(() => {});
+        const state = sqlState(err);
+        if ((err instanceof RaceError || (state && RETRYABLE_SQLSTATES.has(state))) && attempt < this.#maxAttempts) {
+          await sleep(10 * attempt);
+          continue;
+        }
+        if (isTandemError(err) || err instanceof TableApplyError || state) {
+          p.reason = p.kind === 'error' || err instanceof TableApplyError ? `apply error: ${(err as Error).message}` : p.reason;
+          this.#o.logger.warn({ peer: this.#o.peer, table, err: (err as Error).message }, 'replay of parked changes failed; the table stays paused');
+          return { applied: -1, drained: false };
+        }
+        throw err;
+      }
+    }
+  }
+
+  /** Build one key entry per key (squashed), in stream order of first appearance. */
+  #squash(t: TargetTable, list: RowChange[], policy: Policy): KeyEntry[] {
+    const chains = new Map<string, Array<Omit<KeyEntry, 'stale'>>>();
+    const order: string[] = [];
+    /** Latest known values per key in this batch (target column order), for unchanged TOAST. */
+    const lastValues = new Map<string, TupleValue[]>();
+    const push = (e: Omit<KeyEntry, 'stale'>) => {
+      let chain = chains.get(e.keyId);
+      if (!chain) {
+        chains.set(e.keyId, (chain = []));
+        order.push(e.keyId);
+      }
+      chain.push(e);
+    };
+    for (const c of list) {
+      const map = columnMap(c.rel, t);
+      if (c.op === 'delete') {
+        const key = keyFrom(c.oldTuple, map, t, c);
+        push({ key, keyId: JSON.stringify(key), op: 'delete', version: c.version, lsn: c.lsn });
+        continue;
+      }
+      const newKey = keyFrom(c.newTuple, map, t, c);
+      const values = valuesFrom(c.newTuple!, map);
+      const newId = JSON.stringify(newKey);
+      let oldKey: string[] | undefined;
+      if (c.op === 'update' && c.oldTuple) {
+        const k = keyFrom(c.oldTuple, map, t, c);
+        if (JSON.stringify(k) !== newId) oldKey = k;
+        // REPLICA IDENTITY FULL: the old tuple carries the full old row, TOASTed values included.
+        if (c.oldKind === 'O') {
+          const old = valuesFrom(c.oldTuple, map);
+          for (let i = 0; i < values.length; i++) if (values[i] === UNCHANGED_TOAST && old[i] !== UNCHANGED_TOAST) values[i] = old[i]!;
+        }
+      }
+      const prev = lastValues.get(oldKey ? JSON.stringify(oldKey) : newId);
+      if (prev) for (let i = 0; i < values.length; i++) if (values[i] === UNCHANGED_TOAST && prev[i] !== UNCHANGED_TOAST) values[i] = prev[i]!;
+      if (oldKey) {
+        const oldId = JSON.stringify(oldKey);
+        push({ key: oldKey, keyId: oldId, op: 'delete', version: c.version, lsn: c.lsn });
+        const e: Omit<KeyEntry, 'stale'> = { key: newKey, keyId: newId, op: 'insert', values, version: c.version, lsn: c.lsn };
+        if (values.includes(UNCHANGED_TOAST)) e.fillFrom = oldKey;
+        push(e);
+      } else {
+        push({ key: newKey, keyId: newId, op: c.op, values, version: c.version, lsn: c.lsn });
+      }
+      lastValues.set(newId, values);
+    }
+    const out: KeyEntry[] = [];
+    for (const id of order) {
+      const chain = chains.get(id)!;
+      const w = squashWinner(
+        chain.map((e) => ({ version: e.version, item: e })),
+        policy,
+      );
+      const winner = chain[w]!;
+      let op = winner.op;
+      if (op === 'update') {
+        // An insert earlier in the batch (after the last delete) means the row did not have to exist before the batch.
+        for (let i = w - 1; i >= 0; i--) {
+          if (chain[i]!.op === 'delete') break;
+          if (chain[i]!.op === 'insert') {
+            op = 'insert';
+            break;
+          }
+        }
+      }
+      out.push({ ...winner, op, stale: chain.slice(w + 1).map((e) => ({ op: e.op, version: e.version, lsn: e.lsn, ...(e.values ? { values: e.values } : {}) })) });
+    }
+    return out;
+  }
+
+  async #applyTable(table: string, list: RowChange[], stats: ApplyStats): Promise<void> {
+    try {
+      await this.#applyTableInner(table, list, stats);
+    } catch (err) {
+      if (err instanceof RaceError || (sqlState(err) && RETRYABLE_SQLSTATES.has(sqlState(err)!))) throw err;
+      throw new TableApplyError(table, err);
+    }
+  }
+
+  async #applyTableInner(table: string, list: RowChange[], stats: ApplyStats): Promise<void> {
+    const t = this.#targets.get(table)!;
+    const policy = this.#o.policyFor(table);
+    const entries = this.#squash(t, list, policy);
+    // Lock order: keys sorted, so concurrent batches lock in the same order (fewer deadlocks).
+    entries.sort((a, b) => (a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : 0));
+    const db = this.#o.db;
+    const kc = t.keyColumns;
+    const n = entries.length;
+    const idx = entries.map((_, i) => i);
+    const keyArrays = kc.map((_, j) => entries.map((e) => e.key[j]!));
+    const cast = (c: TargetColumn, expr: string) => `(${expr})::${c.castType}`;
+    const keyMatch = (alias: string, prefix: string) => kc.map((c, j) => `${alias}.${quoteIdent(c.name)} = ${cast(c, `k.${prefix}${j}`)}`).join(' AND ');
+    const keyCols = (prefix: string) => kc.map((_, j) => `${prefix}${j}`).join(', ');
+    const keyParams = (from: number) => kc.map((_, j) => `$${from + j}::text[]`).join(', ');
+
+    // 1. Lock existing rows (in key order) and read xmin with its commit time.
+    const s1 = await db.query<{ i: number; pk: string[]; xmin: string | null; ts: string | null }>(
+      this.#named(`SELECT k.i, ARRAY[${kc.map((c, j) => `(${cast(c, `k.k${j}`)})::text`).join(', ')}]::text[] AS pk, l.xmin, l.ts
+         FROM unnest($1::int4[], ${keyParams(2)}) AS k(i, ${keyCols('k')})
+         LEFT JOIN LATERAL (SELECT t.xmin::text AS xmin, ${tsUs('pg_xact_commit_timestamp(t.xmin)')} AS ts
+                              FROM ${t.quoted} t WHERE ${keyMatch('t', 'k')} FOR UPDATE) l ON true`),
+      [idx, ...keyArrays],
+    );
+    const info: LocalInfo[] = new Array(n);
+    const seenPk = new Set<string>();
+    for (const r of s1.rows) {
+      const pkId = JSON.stringify(r.pk);
+      if (seenPk.has(pkId)) throw new TandemError('TANDEM_ERR_INTERNAL', `${table}: two keys of one batch map to the same primary key ${pkId}`);
+      seenPk.add(pkId);
+      info[r.i] = {
+        pk: r.pk,
+        exists: r.xmin !== null,
+        hasEntry: false,
+        state:
+          r.xmin !== null
+            ? { kind: 'row', version: { tsUs: r.ts === null ? EPOCH_US : BigInt(r.ts), region: this.#o.localRegion } }
+            : { kind: 'absent' },
+      };
+    }
+    const xmins = new Map<number, string>();
+    for (const r of s1.rows) if (r.xmin !== null) xmins.set(r.i, r.xmin);
+
+    // 2. Lock and read the version entries (a new statement: sees whatever the row-lock holders committed).
+    const pkArrays = kc.map((_, j) => entries.map((_, i) => info[i]!.pk[j]!));
+    const s2 = await db.query<{ i: number; xid: string; deleted: boolean; region: string; ts: string | null }>(
+      this.#named(`SELECT k.i, e.xid, e.deleted, e.region, e.ts
+         FROM unnest($1::int4[], ${keyParams(3)}) AS k(i, ${keyCols('p')})
+         JOIN LATERAL (SELECT v.xid::text AS xid, v.deleted, v.region, ${tsUs('COALESCE(v.commit_ts, pg_xact_commit_timestamp(xid(v.xid)))')} AS ts
+                         FROM tandem.row_versions v
+                        WHERE v.relname = $2 AND v.pk = ARRAY[${keyCols('k.p')}]::text[] FOR UPDATE) e ON true`),
+      [idx, table, ...pkArrays],
+    );
+    for (const r of s2.rows) {
+      const li = info[r.i]!;
+      li.hasEntry = true;
+      const v: Version = { tsUs: r.ts === null ? EPOCH_US : BigInt(r.ts), region: r.region };
+      if (li.exists) {
+        // The entry describes the row only if the apply transaction that wrote the entry also wrote the row version we see.
+        if (!r.deleted && (BigInt(r.xid) & 0xffff_ffffn) === BigInt(xmins.get(r.i)!)) li.state = { kind: 'row', version: v };
+      } else if (r.deleted) {
+        li.state = { kind: 'tombstone', version: v };
+      }
+    }
+
+    // Key-changing updates with still-unknown TOAST values: take them from the old key's local row.
+    await this.#fillFromOldKeys(t, entries);
+
+    // 3. Decide.
+    const plan: WritePlan = { deletes: [], updates: [], inserts: [], versions: [], conflicts: [] };
+    const merges: number[] = [];
+    const decisions: Decision[] = new Array(n);
+    for (let i = 0; i < n; i++) {
+      const e = entries[i]!;
+      const li = info[i]!;
+      const complete = e.values ? !e.values.includes(UNCHANGED_TOAST) : true;
+      const d = decide({ op: e.op, version: e.version, complete }, li.state, policy);
+      decisions[i] = d;
+      const localV = li.state.kind === 'absent' ? undefined : li.state.version;
+      switch (d.action) {
+        case 'upsert':
+          if (li.exists) plan.updates.push({ e, values: e.values! });
+          else plan.inserts.push({ e, values: e.values! });
+          plan.versions.push({ pk: li.pk, version: e.version, deleted: false, hasEntry: li.hasEntry });
+          break;
+        case 'delete':
+          plan.deletes.push(e);
+          plan.versions.push({ pk: li.pk, version: e.version, deleted: true, hasEntry: li.hasEntry });
+          break;
+        case 'tombstone':
+          plan.versions.push({ pk: li.pk, version: e.version, deleted: true, hasEntry: li.hasEntry });
+          break;
+        case 'merge':
+          merges.push(i);
+          break;
+        case 'skip':
+          if (d.reason && d.reason.includes('TOAST')) stats.unapplicable++;
+          break;
+      }
+      if (d.conflict) {
+        plan.conflicts.push({
+          pk: li.pk,
+          kind: d.conflict,
+          ...(localV ? { local: localV } : {}),
+          remote: e.version,
+          ...(e.values ? { remoteRow: textRow(t, e.values) } : {}),
+          decision: d.action === 'skip' ? 'skip' : d.action === 'merge' ? 'custom' : 'apply',
+          ...(d.reason ? { reason: d.reason } : {}),
+          lsn: e.lsn,
+          needsLocalRow: li.exists,
+          entryIndex: i,
+        });
+      }
+      // Superseded changes of the same key in this batch (the source's clock stepped back) are conflicts too.
+      for (const s of e.stale) {
+        plan.conflicts.push({
+          pk: li.pk,
+          kind: s.op === 'delete' ? 'delete_origin_differs' : s.op === 'insert' ? 'insert_exists' : 'update_origin_differs',
+          local: e.version,
+          remote: s.version,
+          ...(s.values ? { remoteRow: textRow(t, s.values) } : {}),
+          decision: 'skip',
+          reason: 'superseded within the batch by a change of the same key with a higher version (the source clock stepped back?)',
+          lsn: s.lsn,
+          needsLocalRow: false,
+          entryIndex: i,
+        });
+      }
+    }
+    if (merges.length > 0) await this.#merge(t, table, policy, entries, info, merges, plan);
+
+    // Local rows for conflict records (only when there are conflicts on existing rows).
+    const needRows = plan.conflicts.filter((c) => c.needsLocalRow);
+    if (needRows.length > 0) {
+      const want = [...new Set(needRows.map((c) => c.entryIndex))];
+      const { rows } = await db.query<{ i: number; row: unknown }>(
+        this.#named(`SELECT k.i, to_jsonb(t.*) AS row FROM unnest($1::int4[], ${keyParams(2)}) AS k(i, ${keyCols('k')})
+           JOIN ${t.quoted} t ON ${keyMatch('t', 'k')}`),
+        [want, ...kc.map((_, j) => want.map((i) => entries[i]!.key[j]!))],
+      );
+      const byI = new Map(rows.map((r) => [r.i, r.row]));
+      for (const c of needRows) c.localRow = byI.get(c.entryIndex) ?? null;
+    }
+
+    // 4. Write everything in one statement and check the counts.
+    if (this.#o.beforeWrite) await this.#o.beforeWrite(table, stats.attempts);
+    await this.#write(t, table, plan, stats);
+    for (const c of plan.conflicts) stats.conflicts[c.kind] = (stats.conflicts[c.kind] ?? 0) + 1;
+    void decisions;
+  }
+
+  async #fillFromOldKeys(t: TargetTable, entries: KeyEntry[]): Promise<void> {
+    const need = entries.map((e, i) => ({ e, i })).filter(({ e }) => e.fillFrom && e.values?.includes(UNCHANGED_TOAST));
+    if (need.length === 0) return;
+    const kc = t.keyColumns;
+    const cols = t.columns;
+    const { rows } = await this.#o.db.query<{ i: number; vals: (string | null)[] }>(
+      this.#named(`SELECT k.i, ARRAY[${cols.map((c) => `t.${quoteIdent(c.name)}::text`).join(', ')}]::text[] AS vals
+         FROM unnest($1::int4[], ${kc.map((_, j) => `$${j + 2}::text[]`).join(', ')}) AS k(i, ${kc.map((_, j) => `k${j}`).join(', ')})
+         JOIN ${t.quoted} t ON ${kc.map((c, j) => `t.${quoteIdent(c.name)} = (k.k${j})::${c.castType}`).join(' AND ')}`),
+      [need.map((x) => x.i), ...kc.map((_, j) => need.map((x) => x.e.fillFrom![j]!))],
+    );
+    for (const r of rows) {
+      const e = entries[r.i]!;
+      e.values = e.values!.map((v, j) => (v === UNCHANGED_TOAST ? (r.vals[j] ?? null) : v));
+    }
+  }
+
+  async #merge(t: TargetTable, table: string, policy: Policy, entries: KeyEntry[], info: LocalInfo[], merges: number[], plan: WritePlan): Promise<void> {
+    if (policy.kind !== 'custom') return;
+    const kc = t.keyColumns;
+    const cols = t.columns;
+    // Canonical text of both sides, computed in this session, so every region hands the resolver identical input.
+    const remoteArrays = cols.map((_, j) => merges.map((i) => {
+      const v = entries[i]!.values![j];
+      return v === UNCHANGED_TOAST || v === undefined ? null : (v as string | null);
+    }));
+    const unchanged = cols.map((_, j) => merges.map((i) => entries[i]!.values![j] === UNCHANGED_TOAST));
+    const base = 2 + kc.length;
+    const { rows } = await this.#o.db.query<{ i: number; l: (string | null)[]; r: (string | null)[] }>(
+      this.#named(`SELECT k.i,
+           ARRAY[${cols.map((c) => `t.${quoteIdent(c.name)}::text`).join(', ')}]::text[] AS l,
+           ARRAY[${cols.map((c, j) => `CASE WHEN k.u${j} THEN t.${quoteIdent(c.name)}::text ELSE ((k.c${j})::${c.castType})::text END`).join(', ')}]::text[] AS r
+         FROM unnest($1::int4[], ${kc.map((_, j) => `$${j + 2}::text[]`).join(', ')}, ${cols.map((_, j) => `$${base + j}::text[]`).join(', ')}, ${cols.map((_, j) => `$${base + cols.length + j}::bool[]`).join(', ')})
+              AS k(i, ${kc.map((_, j) => `k${j}`).join(', ')}, ${cols.map((_, j) => `c${j}`).join(', ')}, ${cols.map((_, j) => `u${j}`).join(', ')})
+         JOIN ${t.quoted} t ON ${kc.map((c, j) => `t.${quoteIdent(c.name)} = (k.k${j})::${c.castType}`).join(' AND ')}`),
+      [merges, ...kc.map((_, j) => merges.map((i) => entries[i]!.key[j]!)), ...remoteArrays, ...unchanged],
+    );
+    const byI = new Map(rows.map((r) => [r.i, r]));
+    const names = cols.map((c) => c.name);
+    for (const i of merges) {
+      const e = entries[i]!;
+      const li = info[i]!;
+      const r = byI.get(i);
+      const local = li.state.kind === 'row' ? li.state.version : undefined;
+      if (!r || !local) throw new RaceError(`${table}: row of a merge disappeared`);
+      const toRow = (vals: (string | null)[]) => Object.fromEntries(names.map((nm, j) => [nm, vals[j] ?? null])) as TextRow;
+      let merged: { row: TextRow; version: Version };
+      try {
+        merged = runCustomResolver(policy, table, { row: toRow(r.l), commitTsUs: local.tsUs, region: local.region }, { row: toRow(r.r), commitTsUs: e.version.tsUs, region: e.version.region }, names);
+      } catch (err) {
+        throw new TandemError('TANDEM_ERR_REPLICATION', `custom resolver ${policy.name} failed for ${table}: ${(err as Error).message}`, { cause: err });
+      }
+      const values: TupleValue[] = names.map((nm) => merged.row[nm] ?? null);
+      plan.updates.push({ e, values });
+      plan.versions.push({ pk: li.pk, version: merged.version, deleted: false, hasEntry: li.hasEntry });
+    }
+  }
+
+  async #write(t: TargetTable, table: string, plan: WritePlan, stats: ApplyStats): Promise<void> {
+    const kc = t.keyColumns;
+    const cols = t.columns;
+    const params: unknown[] = [];
+    const p = (v: unknown, type: string) => {
+      params.push(v);
+      return `$${params.length}::${type}`;
+    };
+    const ctes: string[] = [];
+    const counts: string[] = [];
+    const expect: Record<string, number> = {};
+    const keyMatch = kc.map((c, j) => `t.${quoteIdent(c.name)} = (k.k${j})::${c.castType}`).join(' AND ');
+    if (plan.deletes.length > 0) {
+      const args = kc.map((_, j) => p(plan.deletes.map((e) => e.key[j]!), 'text[]'));
+      ctes.push(`d AS (DELETE FROM ${t.quoted} t USING unnest(${args.join(', ')}) AS k(${kc.map((_, j) => `k${j}`).join(', ')}) WHERE ${keyMatch} RETURNING 1)`);
+      counts.push('(SELECT count(*) FROM d)::int AS d');
+      expect.d = plan.deletes.length;
+    }
+    if (plan.updates.length > 0) {
+      const keyIdx = new Set(kc.map((c) => cols.indexOf(c)));
+      const names: string[] = [];
+      const args: string[] = [];
+      kc.forEach((_, j) => {
+        args.push(p(plan.updates.map((u) => u.e.key[j]!), 'text[]'));
+        names.push(`k${j}`);
+      });
+      const sets: string[] = [];
+      cols.forEach((c, j) => {
+        if (keyIdx.has(j)) return;
+        const vals = plan.updates.map((u) => u.values[j]);
+        const anyU = vals.some((v) => v === UNCHANGED_TOAST);
+        args.push(p(vals.map((v) => (v === UNCHANGED_TOAST ? null : (v as string | null))), 'text[]'));
+        names.push(`c${j}`);
+        if (anyU) {
+          args.push(p(vals.map((v) => v === UNCHANGED_TOAST), 'bool[]'));
+          names.push(`u${j}`);
+          sets.push(`${quoteIdent(c.name)} = CASE WHEN k.u${j} THEN t.${quoteIdent(c.name)} ELSE (k.c${j})::${c.castType} END`);
+        } else {
+          sets.push(`${quoteIdent(c.name)} = (k.c${j})::${c.castType}`);
+        }
+      });
+      if (sets.length === 0) {
+        // Only key columns: nothing to change, but touch the row so its xmin is this transaction (the version entry must match it).
+        const kn = kc[0]!.name;
+        sets.push(`${quoteIdent(kn)} = t.${quoteIdent(kn)}`);
+      }
+      ctes.push(`u AS (UPDATE ${t.quoted} t SET ${sets.join(', ')} FROM unnest(${args.join(', ')}) AS k(${names.join(', ')}) WHERE ${keyMatch} RETURNING 1)`);
+      counts.push('(SELECT count(*) FROM u)::int AS u');
+      expect.u = plan.updates.length;
+    }
+    if (plan.inserts.length > 0) {
+      const args = cols.map((_, j) => p(plan.inserts.map((x) => x.values[j] as string | null), 'text[]'));
+      ctes.push(
+        `i AS (INSERT INTO ${t.quoted} (${cols.map((c) => quoteIdent(c.name)).join(', ')})
+           SELECT ${cols.map((c, j) => `(k.c${j})::${c.castType}`).join(', ')} FROM unnest(${args.join(', ')}) AS k(${cols.map((_, j) => `c${j}`).join(', ')})
+           ON CONFLICT (${kc.map((c) => quoteIdent(c.name)).join(', ')}) DO NOTHING RETURNING 1)`,
+      );
+      counts.push('(SELECT count(*) FROM i)::int AS i');
+      expect.i = plan.inserts.length;
+    }
+    const rel = plan.versions.length + plan.conflicts.length > 0 ? p(table, 'text') : '';
+    const upd = plan.versions.filter((v) => v.hasEntry);
+    const ins = plan.versions.filter((v) => !v.hasEntry);
+    const pkCols = kc.map((_, j) => `p${j}`).join(', ');
+    const pkExpr = `ARRAY[${kc.map((_, j) => `k.p${j}`).join(', ')}]::text[]`;
+    if (upd.length > 0) {
+      const args = [...kc.map((_, j) => p(upd.map((v) => v.pk[j]!), 'text[]')), p(upd.map((v) => usToTimestamp(v.version.tsUs)), 'text[]'), p(upd.map((v) => v.version.region), 'text[]'), p(upd.map((v) => v.deleted), 'bool[]')];
+      ctes.push(
+        `vu AS (UPDATE tandem.row_versions v SET commit_ts = k.ts::timestamptz, region = k.region, xid = pg_current_xact_id(), deleted = k.deleted
+           FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted) WHERE v.relname = ${rel} AND v.pk = ${pkExpr} RETURNING 1)`,
+      );
+      counts.push('(SELECT count(*) FROM vu)::int AS vu');
+      expect.vu = upd.length;
+    }
+    if (ins.length > 0) {
+      const args = [...kc.map((_, j) => p(ins.map((v) => v.pk[j]!), 'text[]')), p(ins.map((v) => usToTimestamp(v.version.tsUs)), 'text[]'), p(ins.map((v) => v.version.region), 'text[]'), p(ins.map((v) => v.deleted), 'bool[]')];
+      ctes.push(
+        `vi AS (INSERT INTO tandem.row_versions (relname, pk, commit_ts, region, xid, deleted)
+           SELECT ${rel}, ${pkExpr}, k.ts::timestamptz, k.region, pg_current_xact_id(), k.deleted
+             FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted)
+           ON CONFLICT (relname, pk) DO NOTHING RETURNING 1)`,
+      );
+      counts.push('(SELECT count(*) FROM vi)::int AS vi');
+      expect.vi = ins.length;
+    }
+    if (plan.conflicts.length > 0) {
+      const cf = plan.conflicts;
+      const args = [
+        p(cf.map((c) => JSON.stringify(c.pk)), 'text[]'),
+        p(cf.map((c) => c.kind), 'text[]'),
+        p(cf.map((c) => (c.local ? usToTimestamp(c.local.tsUs) : null)), 'text[]'),
+        p(cf.map((c) => c.local?.region ?? null), 'text[]'),
+        p(cf.map((c) => usToTimestamp(c.remote.tsUs)), 'text[]'),
+        p(cf.map((c) => c.remote.region), 'text[]'),
+        p(cf.map((c) => (c.localRow === undefined || c.localRow === null ? null : JSON.stringify(c.localRow))), 'text[]'),
+        p(cf.map((c) => (c.remoteRow ? JSON.stringify(c.remoteRow) : null)), 'text[]'),
+        p(cf.map((c) => c.decision), 'text[]'),
+        p(cf.map((c) => c.reason ?? null), 'text[]'),
+        p(cf.map((c) => formatLsn(c.lsn)), 'text[]'),
+      ];
+      ctes.push(
+        `c AS (INSERT INTO tandem.conflicts (peer, relname, pk, kind, local_commit_ts, local_region, remote_commit_ts, remote_region, local_row, remote_row, decision, reason, source_lsn)
+           SELECT ${p(this.#o.peer, 'text')}, ${rel}, ARRAY(SELECT jsonb_array_elements_text(k.pk::jsonb)), k.kind, k.lts::timestamptz, k.lr, k.rts::timestamptz, k.rr,
+                  k.lrow::jsonb, k.rrow::jsonb, k.decision, k.reason, k.lsn::pg_lsn
+             FROM unnest(${args.join(', ')}) AS k(pk, kind, lts, lr, rts, rr, lrow, rrow, decision, reason, lsn) RETURNING 1)`,
+      );
+      counts.push('(SELECT count(*) FROM c)::int AS c');
+      expect.c = plan.conflicts.length;
+    }
+    if (ctes.length === 0) return;
+    const { rows } = await this.#o.db.query<Record<string, number>>(this.#named(`WITH ${ctes.join(',\n')}\nSELECT ${counts.join(', ')}`), params);
+    const got = rows[0]!;
+    for (const [k, want] of Object.entries(expect)) {
+      if (got[k] !== want) {
+        throw new RaceError(`${table}: expected ${want} rows for "${k}" but ${got[k]} were written (a concurrent writer got in between); retrying the batch`);
+      }
+    }
+    stats.rows += plan.deletes.length + plan.updates.length + plan.inserts.length;
+  }
+}
+
+/** Map from target column index to source column index (by name). */
+const columnMaps = new WeakMap<SourceRelation, WeakMap<TargetTable, number[]>>();
+function columnMap(rel: SourceRelation, t: TargetTable): number[] {
+  let m = columnMaps.get(rel);
+  if (!m) columnMaps.set(rel, (m = new WeakMap()));
+  let map = m.get(t);
+  if (!map) {
+    const byName = new Map(rel.columns.map((c, i) => [c.name, i]));
+    map = t.columns.map((c) => {
+      const i = byName.get(c.name);
+      if (i === undefined) throw new TandemError('TANDEM_ERR_SCHEMA_DRIFT', `${t.key}: column "${c.name}" is not in the source relation`);
+      return i;
+    });
+    m.set(t, map);
+  }
+  return map;
+}
+
+function valuesFrom(tuple: TupleValue[], map: number[]): TupleValue[] {
+  return map.map((i) => {
+    const v = tuple[i];
+    if (v === undefined) throw new TandemError('TANDEM_ERR_PROTOCOL', `tuple has ${tuple.length} columns, expected at least ${i + 1}`);
+    if (Buffer.isBuffer(v)) throw new TandemError('TANDEM_ERR_PROTOCOL', 'binary tuple values are not expected (the stream runs in text mode)');
+    return v;
+  });
+}
+
+function keyFrom(tuple: TupleValue[] | undefined, map: number[], t: TargetTable, c: RowChange): string[] {
+  if (!tuple) throw new TandemError('TANDEM_ERR_PROTOCOL', `${t.key}: ${c.op} without the tuple that identifies the row`);
+  return t.keyColumns.map((kcol) => {
+    const v = tuple[map[t.columns.indexOf(kcol)]!];
+    if (typeof v !== 'string') {
+      throw new TandemError(
+        'TANDEM_ERR_REPLICATION',
+        `${t.key}: key column "${kcol.name}" of a ${c.op} has no value (${v === null ? 'null' : v === UNCHANGED_TOAST ? 'unchanged TOAST' : 'binary'})`,
+      );
+    }
+    return v;
+  });
+}
+
+function textRow(t: TargetTable, values: TupleValue[]): Record<string, string | null> {
+  const out: Record<string, string | null> = {};
+  t.columns.forEach((c, j) => {
+    const v = values[j];
+    if (v !== UNCHANGED_TOAST && v !== undefined) out[c.name] = v as string | null;
+  });
+  return out;
+}
+
+function parseKey(key: string): { schema: string; table: string } {
+  // tableKey output is always two quoted identifiers; parse them back.
+  const m = /^"((?:[^"]|"")*)"\."((?:[^"]|"")*)"$/.exec(key);
+  if (!m) throw new TandemError('TANDEM_ERR_INTERNAL', `not a canonical table key: ${key}`);
+  return { schema: m[1]!.replaceAll('""', '"'), table: m[2]!.replaceAll('""', '"') };
+}
+
+/** JSON forms of relations and tuples for `tandem.parked`. */
+interface RelationJson {
+  relationId: number;
+  schema: string;
+  name: string;
+  replicaIdentity: SourceRelation['replicaIdentity'];
+  columns: SourceRelation['columns'];
+  userTypes: Array<[number, { schema: string; name: string }]>;
+}
+type TupleJson = Array<string | null | { u: true } | { b: string }>;
+
+function relationToJson(rel: SourceRelation): RelationJson {
+  return { relationId: rel.relationId, schema: rel.schema, name: rel.name, replicaIdentity: rel.replicaIdentity, columns: rel.columns, userTypes: [...rel.userTypes] };
+}
+
+function relationFromJson(j: RelationJson): SourceRelation {
+  return {
+    relationId: j.relationId,
+    schema: j.schema,
+    name: j.name,
+    replicaIdentity: j.replicaIdentity,
+    columns: j.columns,
+    userTypes: new Map(j.userTypes),
+    key: tableKey({ schema: j.schema, table: j.name }),
+  };
+}
+
+function tupleToJson(t: TupleValue[]): TupleJson {
+  return t.map((v) => (v === UNCHANGED_TOAST ? { u: true as const } : Buffer.isBuffer(v) ? { b: v.toString('base64') } : v));
+}
+
+function tupleFromJson(t: TupleJson): TupleValue[] {
+  return t.map((v) => (v !== null && typeof v === 'object' ? ('u' in v ? UNCHANGED_TOAST : Buffer.from(v.b, 'base64')) : v));
+}
+
+/** Exposed for tests. */
+export const internals = { relationToJson, relationFromJson, tupleToJson, tupleFromJson, parseKey };
