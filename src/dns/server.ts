@@ -88,7 +88,11 @@ export class DnsServer extends BaseService {
 
   #bindUdp(host: string, port: number): Promise<dgram.Socket> {
     const type = isIP(host) === 6 ? 'udp6' : 'udp4';
-    const sock = dgram.createSocket({ type, reuseAddr: false, ipv6Only: type === 'udp6' });
+    // Replies go to the literal address a query came from: resolve it synchronously
+    // instead of through dns.lookup's nextTick round trip on every send.
+    const family = type === 'udp6' ? 6 : 4;
+    const lookup = (address: string, _opts: unknown, cb: (err: Error | null, address: string, family: number) => void) => cb(null, address, family);
+    const sock = dgram.createSocket({ type, reuseAddr: false, ipv6Only: type === 'udp6', lookup: lookup as never });
     const engine = this.#opts.engine;
     return new Promise((resolve, reject) => {
       sock.once('error', reject);
