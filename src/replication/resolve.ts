@@ -19,6 +19,13 @@
 export interface Version {
   tsUs: bigint;
   region: string;
+  /**
+   * region-priority only: the write overwrote a version of the priority
+   * region (or one that had inherited its rank), so it ranks with the
+   * priority region. Without this a later write that had seen the priority
+   * region's row would lose everywhere but stay in its own region.
+   */
+  priority?: boolean;
 }
 
 /** The version of rows whose commit time is unknown (written before track_commit_timestamp was on). */
@@ -55,11 +62,14 @@ export interface ResolverSide {
 
 /**
  * A custom resolver: given both rows, return the row to keep (columns left
- * out keep the value of the row with the higher version). It must be
- * deterministic and symmetric — `resolve({local: a, remote: b})` must equal
- * `resolve({local: b, remote: a})` — and, with three or more regions,
- * associative; otherwise regions can disagree. The result gets the higher of
- * the two versions.
+ * out keep the value of the row with the higher version). The result gets
+ * the higher of the two versions. Regions converge only if it is a join:
+ * deterministic, commutative (`resolve({local: a, remote: b})` equals
+ * `resolve({local: b, remote: a})`), associative and idempotent, AND local
+ * writes only grow a row in that order (counters that only increase, sets
+ * that only gain members). tandem cannot tell a concurrent write from a later
+ * one that had seen the row, so it calls the resolver whenever an incoming
+ * insert/update meets an existing row; deletes stay last-writer-wins.
  */
 export type CustomResolver = (input: { table: string; local: ResolverSide; remote: ResolverSide }) => TextRow;
 
@@ -78,11 +88,16 @@ export function compareVersions(a: Version, b: Version): number {
 /** Total order of versions under a policy (region-priority ranks the named region first). */
 export function compareUnderPolicy(a: Version, b: Version, policy: Policy): number {
   if (policy.kind === 'region-priority') {
-    const ra = a.region === policy.region ? 1 : 0;
-    const rb = b.region === policy.region ? 1 : 0;
+    const ra = priorityRank(a, policy.region);
+    const rb = priorityRank(b, policy.region);
     if (ra !== rb) return ra - rb;
   }
   return compareVersions(a, b);
+}
+
+/** 1 for versions of the priority region and writes that inherited its rank, else 0. */
+export function priorityRank(v: Version, priorityRegion: string): number {
+  return v.region === priorityRegion || v.priority === true ? 1 : 0;
 }
 
 /** The higher of two versions under a policy (either when equal). */
@@ -168,10 +183,12 @@ export function decide(change: IncomingChange, local: LocalState, policy: Policy
     case 'row': {
       const sameRegion = local.version.region === remote.region;
       const kind: ConflictKind = change.op === 'insert' ? 'insert_exists' : 'update_origin_differs';
+      // A custom resolver is a join: it merges every meeting of two rows (for a write that had seen the
+      // local row the merge is a no-op when local writes only grow the row); only cross-region ones are conflicts.
+      if (policy.kind === 'custom') return change.op === 'update' && sameRegion ? { action: 'merge' } : { action: 'merge', conflict: kind };
       if (change.op === 'update' && sameRegion) {
         return wins(local.version) ? { action: 'upsert' } : { action: 'skip', conflict: kind, reason: sameRegionStale };
       }
-      if (policy.kind === 'custom') return { action: 'merge', conflict: kind };
       return wins(local.version) ? { action: 'upsert', conflict: kind } : { action: 'skip', conflict: kind };
     }
   }
