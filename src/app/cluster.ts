@@ -64,6 +64,8 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
   const fork = () => {
     const w = cluster.fork();
     live.add(w);
+    // Sending to a worker that is just exiting fails with EPIPE; the exit handler deals with it.
+    w.on('error', (err) => logger.debug({ workerPid: w.process.pid, err: err.message }, 'worker channel error'));
     w.once('listening', () => {
       listening.add(w);
       failedStarts = 0;
@@ -82,13 +84,14 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
         if (live.size === 0) allExited();
         return;
       }
-      setTimeout(() => !stopping && !fatal && fork(), 500).unref();
+      // Not unref'd: while the primary waits for a replacement, this timer is all that keeps it running.
+      setTimeout(() => !stopping && !fatal && fork(), 500);
     });
   };
 
   const stopAll = () => {
     stopping = true;
-    for (const w of live) if (w.isConnected()) w.send({ type: MSG.shutdown } satisfies Message);
+    for (const w of live) if (w.isConnected()) w.send({ type: MSG.shutdown } satisfies Message, undefined, () => {});
     // A worker that does not finish within its grace period (plus slack) is killed.
     setTimeout(() => {
       for (const w of live) w.process.kill('SIGKILL');

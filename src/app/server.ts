@@ -51,9 +51,15 @@ export class AppServer extends BaseService {
     this.#server = server;
     await this.#opts.kit.start(signal);
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+      const onError = (err: NodeJS.ErrnoException) =>
+        reject(
+          new TandemError('TANDEM_ERR_CONFIG', `cannot listen on ${this.#opts.host}:${this.#opts.port} (the app.listen address): ${err.code ?? err.message}`, {
+            cause: err,
+          }),
+        );
+      server.once('error', onError);
       server.listen(this.#opts.port, this.#opts.host, () => {
-        server.off('error', reject);
+        server.off('error', onError);
         resolve();
       });
     });

@@ -40,6 +40,9 @@ export function register(program: Command): void {
       process.once('SIGINT', onSignal);
 
       if (cluster.isPrimary) {
+        // Fail here, once, rather than in every worker: secrets and keys must be readable and valid.
+        const secrets = svc.sessionSecrets(config);
+        if (secrets.length) new (await import('../app/session.ts')).SessionKeyring(secrets);
         if (opts.migrate) {
           const results = await schema.migrateDatabase(localDatabase(r), `regions[${config.regions.indexOf(r)}].database`);
           logger.info({ migrations: results }, 'schema up to date');
@@ -51,21 +54,24 @@ export function register(program: Command): void {
           return;
         }
       }
-      const service = new svc.ShopService({
-        config,
-        region: opts.region,
-        logger,
-        metricsText: cluster.isWorker ? () => clusterKit.clusterMetricsText() : undefined,
-      });
-      if (cluster.isWorker) clusterKit.shareRegistry(service.registry);
-      await service.start();
-      if (cluster.isWorker) {
-        await clusterKit.runWorker(service, stop.signal);
-        // Closing the IPC channel lets the worker exit once its server is closed.
-        process.disconnect?.();
-      } else {
-        await new Promise<void>((resolve) => stop.signal.addEventListener('abort', () => resolve(), { once: true }));
-        await service.stop();
+      try {
+        const service = new svc.ShopService({
+          config,
+          region: opts.region,
+          logger,
+          metricsText: cluster.isWorker ? () => clusterKit.clusterMetricsText() : undefined,
+        });
+        if (cluster.isWorker) clusterKit.shareRegistry(service.registry);
+        await service.start();
+        if (cluster.isWorker) {
+          await clusterKit.runWorker(service, stop.signal);
+        } else {
+          await new Promise<void>((resolve) => stop.signal.addEventListener('abort', () => resolve(), { once: true }));
+          await service.stop();
+        }
+      } finally {
+        // A worker's IPC channel would keep it alive after its server closed (or failed to start).
+        if (cluster.isWorker) process.disconnect?.();
       }
       logger.info('stopped');
     });
