@@ -11,10 +11,10 @@ import type pg from 'pg';
 import { startCluster, client, type TestCluster } from '../helpers/pg.ts';
 import { ShopService } from '../../src/service/service.ts';
 import { setFence } from '../../src/app/fence.ts';
-import { SessionKeyring } from '../../src/app/session.ts';
+import { SessionKeyring, keyId } from '../../src/app/session.ts';
 import { entityId } from '../../src/app/idempotency.ts';
 import { REPLICATED_TABLES } from '../../src/service/schema.ts';
-import { captureLogger, metricValue, parseMetrics, request, sfKey, testConfig, SESSION_KEY_A, type Res } from './helpers.ts';
+import { captureLogger, metricValue, parseMetrics, request, sfKey, testConfig, SESSION_KEY_A, SESSION_KEY_B, type Res } from './helpers.ts';
 
 let cluster: TestCluster;
 let service: ShopService;
@@ -359,6 +359,38 @@ describe('sessions', () => {
     const me = await request(base, 'GET', '/v1/me', { headers: { authorization: `Bearer ${token}` } });
     assert.equal(me.status, 200);
     assert.equal(me.json.source, 'token');
+  });
+});
+
+describe('session key rotation across instances', () => {
+  test('an instance with [new, old] verifies old tokens and signs with the new key; dropping the old key logs its tokens out', async () => {
+    const oldLogin = await post('/v1/login', { user: 'rotating' });
+    assert.equal(oldLogin.status, 201);
+    const rotated = new ShopService({
+      config: testConfig(cluster, { sessionKeys: [{ env: 'TANDEM_TEST_SESSION_KEY_B' }, { env: 'TANDEM_TEST_SESSION_KEY_A' }] }),
+      region: 'r1',
+      logger: captureLogger().logger,
+      purgeIntervalMs: 0,
+    });
+    const dropped = new ShopService({ config: testConfig(cluster, { sessionKeys: [{ env: 'TANDEM_TEST_SESSION_KEY_B' }] }), region: 'r1', logger: captureLogger().logger, purgeIntervalMs: 0 });
+    await rotated.start();
+    await dropped.start();
+    try {
+      const oldAuth = { authorization: `Bearer ${oldLogin.json.token}` };
+      assert.equal((await request(rotated.url, 'GET', '/v1/me', { headers: oldAuth })).status, 200, 'old token still valid after rotation');
+      const newLogin = await request(rotated.url, 'POST', '/v1/login', { body: { user: 'rotating' } });
+      assert.equal(newLogin.status, 201);
+      assert.equal(String(newLogin.json.token).split('.')[4], keyId(SESSION_KEY_B), 'signed with the first key');
+      assert.equal((await request(dropped.url, 'GET', '/v1/me', { headers: { authorization: `Bearer ${newLogin.json.token}` } })).status, 200);
+      const gone = await request(dropped.url, 'GET', '/v1/me', { headers: oldAuth });
+      assert.equal(gone.status, 401);
+      assert.match(gone.json.detail, /not signed by any current key/);
+      // The instance still on the old keyring does not know the new key yet.
+      assert.equal((await request(base, 'GET', '/v1/me', { headers: { authorization: `Bearer ${newLogin.json.token}` } })).status, 401);
+    } finally {
+      await rotated.stop();
+      await dropped.stop();
+    }
   });
 });
 
