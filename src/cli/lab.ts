@@ -100,7 +100,7 @@ async function up(opts: { dir: string; regions: number; fresh?: boolean; detach?
   const t0 = Date.now();
   const { Lab } = await import('../lab/lab.ts');
   const { createLogger } = await import('../core/log.ts');
-  const { labReplicatedTables } = await import('../lab/tables.ts');
+  const { LAB_REPLICATED_TABLES } = await import('../lab/tables.ts');
   mkdirSync(path.join(h.dir, 'logs'), { recursive: true });
   const quiet = opts.supervised || opts.json;
   const logger = createLogger({
@@ -113,7 +113,7 @@ async function up(opts: { dir: string; regions: number; fresh?: boolean; detach?
     fresh: opts.fresh,
     parts: { traffic: opts.traffic },
     logger,
-    replicatedTables: await labReplicatedTables(),
+    replicatedTables: LAB_REPLICATED_TABLES,
     onProgress: (step) => {
       if (!quiet) process.stderr.write(`  ▸ ${step}  (${elapsed(t0)})\n`);
     },

@@ -155,6 +155,9 @@ export class Lab extends BaseService {
   /** Serialises fault operations so a fail and a recover never interleave. */
   #ops: Promise<unknown> = Promise.resolve();
   #downRequested: (() => void) | undefined;
+  #traffic: Promise<void> | undefined;
+  readonly #trafficAc = new AbortController();
+  #trafficStats: { at: string; byGeo: Record<string, unknown> } | undefined;
   /** Resolves when someone asks the lab to stop through its API. */
   readonly downRequested: Promise<void>;
 
@@ -232,7 +235,40 @@ export class Lab extends BaseService {
     this.#labState = 'running';
     this.#readyAt = new Date().toISOString();
     this.#writeState();
+    if (this.parts.traffic && this.parts.app && this.parts.dns) {
+      this.#traffic = this.#runTraffic(this.#trafficAc.signal);
+      this.#step('gentle synthetic traffic from every geography (2 operations/s each)');
+    }
     this.#step('ready');
+  }
+
+  /**
+   * The lab's gentle load: one synthetic client per geography, resolving the
+   * service through the DNS servers with its ECS subnet, in 10-minute rounds
+   * so the records do not pile up.
+   */
+  async #runTraffic(signal: AbortSignal): Promise<void> {
+    const { runLoad } = await import('../service/load.ts');
+    const dnsServers = this.#regions.map((rt) => ({ host: rt.region.address, port: LAB_PORTS.dns }));
+    while (!signal.aborted) {
+      try {
+        const result = await runLoad({
+          serviceName: `${LAB_SERVICE}.${LAB_ZONE}`.replace(/\.$/, ''),
+          dnsServers,
+          port: LAB_PORTS.app,
+          geos: this.#regions.map((rt) => ({ geo: rt.region.geo, ecs: rt.region.clientSubnets[0] })),
+          ratePerSec: 2,
+          writeRatio: 0.5,
+          durationMs: 600_000,
+          signal,
+          maxAttempts: 3,
+        });
+        this.#trafficStats = { at: new Date().toISOString(), byGeo: result.byGeo };
+      } catch (err) {
+        if (!signal.aborted) this.#log.warn({ err }, 'lab traffic round failed');
+        await sleep(1_000, signal).catch(() => {});
+      }
+    }
   }
 
   #logFile(region: string, kind: string): string {
@@ -474,6 +510,8 @@ export class Lab extends BaseService {
 
   protected async onStop(): Promise<void> {
     this.#labState = 'stopping';
+    this.#trafficAc.abort();
+    await this.#traffic?.catch(() => {});
     await this.#ops.catch(() => {});
     await Promise.all(this.#regions.flatMap((rt) => rt.daemons.map((d) => d.stop())));
     await Promise.all(this.#regions.map((rt) => rt.wan?.stop()));

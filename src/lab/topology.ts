@@ -8,10 +8,20 @@ import { TandemError } from '../core/errors.ts';
 
 /** Region names in the order `--regions N` takes them, with their geography. */
 export const LAB_REGIONS = [
-  { name: 'aws-south', cloud: 'aws', location: 'ap-south-2 (Hyderabad)', states: ['Tamil Nadu', 'Karnataka', 'Kerala', 'Telangana', 'Andhra Pradesh', 'Puducherry'] },
-  { name: 'azure-west', cloud: 'azure', location: 'westindia (Mumbai)', states: ['Maharashtra', 'Gujarat', 'Goa', 'Rajasthan'] },
-  { name: 'gcp-north', cloud: 'gcp', location: 'asia-south2 (Delhi)', states: ['Delhi', 'Punjab', 'Haryana', 'Uttar Pradesh', 'Chandigarh'] },
-  { name: 'aws-east', cloud: 'aws', location: 'eu-east (lab)', states: ['West Bengal', 'Odisha', 'Bihar', 'Assam'] },
+  {
+    name: 'aws-south',
+    cloud: 'aws',
+    location: 'ap-south-2 (Hyderabad)',
+    geo: 'south',
+    states: ['Tamil Nadu', 'Karnataka', 'Kerala', 'Telangana', 'Andhra Pradesh', 'Puducherry'],
+    // Client subnets the synthetic clients of this geography send as ECS. Which
+    // state each is in is whatever the shipped geo database says; the drill
+    // reports it and checks where the requests land instead of assuming.
+    clientSubnets: ['49.204.1.0/24', '14.141.1.0/24', '1.186.1.0/24'],
+  },
+  { name: 'azure-west', cloud: 'azure', location: 'westindia (Mumbai)', geo: 'west', states: ['Maharashtra', 'Gujarat', 'Goa', 'Rajasthan'], clientSubnets: ['27.54.160.0/24', '1.6.1.0/24'] },
+  { name: 'gcp-north', cloud: 'gcp', location: 'asia-south2 (Delhi)', geo: 'north', states: ['Delhi', 'Punjab', 'Haryana', 'Uttar Pradesh', 'Chandigarh'], clientSubnets: ['14.140.64.0/24', '1.22.1.0/24'] },
+  { name: 'aws-east', cloud: 'aws', location: 'lab', geo: 'east', states: ['West Bengal', 'Odisha', 'Bihar', 'Assam'], clientSubnets: ['49.136.1.0/24', '27.48.1.0/24'] },
 ] as const;
 
 /** Fixed ports on every region address. */
@@ -41,7 +51,10 @@ export interface LabRegion {
   address: string;
   cloud: string;
   location: string;
+  /** The geography whose users this region serves first (a label for synthetic clients). */
+  geo: string;
   states: readonly string[];
+  clientSubnets: readonly string[];
 }
 
 /** The regions of an N-region lab. */
