@@ -55,6 +55,11 @@ export interface RowChange {
   version: Version;
   /** Commit LSN of the source transaction (for conflict records). */
   lsn: bigint;
+  /**
+   * region-priority: canonical keys (JSON text arrays) of this table that the
+   * source's capture trigger marked as inheriting the priority rank in this transaction.
+   */
+  priorityKeys?: ReadonlySet<string>;
 }
 
 /** A TRUNCATE from a source region. */
@@ -109,6 +114,7 @@ export interface ApplierEvents {
 }
 
 export interface ApplierOptions {
+  /** The target session; `attach()` replaces it after a reconnect. */
   db: pg.ClientBase;
   /** This region (the target). */
   localRegion: string;
@@ -184,6 +190,8 @@ interface KeyEntry {
   lsn: bigint;
   /** Key-changing update: where to take still-unknown TOAST values from (the old key, raw texts). */
   fillFrom?: string[];
+  /** region-priority: keys whose write inherited the priority rank at the source. */
+  priorityKeys?: ReadonlySet<string>;
   /** Superseded changes of this key in the batch with a lower version (recorded as conflicts). */
   stale: Array<{ op: 'insert' | 'update' | 'delete'; version: Version; lsn: bigint; values?: TupleValue[] }>;
 }
@@ -203,6 +211,7 @@ interface WritePlan {
   updates: Array<{ e: KeyEntry; values: TupleValue[] }>;
   inserts: Array<{ e: KeyEntry; values: TupleValue[] }>;
   versions: Array<{ pk: string[]; version: Version; deleted: boolean; hasEntry: boolean }>;
+
   conflicts: ConflictRecord[];
 }
 
@@ -232,10 +241,19 @@ export class Applier {
   #failures = new Map<string, number>();
   #maxAttempts: number;
   #statementNames = new Map<string, string>();
+  /** A target transaction left open by `applyChunk` (a source transaction too large for one batch). */
+  #open = false;
 
   constructor(opts: ApplierOptions) {
     this.#o = opts;
     this.#maxAttempts = opts.maxAttempts ?? 8;
+  }
+
+  /** Use a new session (after a reconnect); call `init()` next. */
+  attach(db: pg.ClientBase): void {
+    this.#o.db = db;
+    this.#open = false;
+    this.#statementNames.clear();
   }
 
   /** Paused tables of this peer (drift, errors, unconfigured), with parked counts. */
@@ -324,6 +342,22 @@ export class Applier {
    * with that error. Throws only when the session itself is broken.
    */
   async apply(batch: Batch): Promise<ApplyStats> {
+    if (this.#open) {
+      // The end of a chunked source transaction: no retry possible (earlier chunks are only in this transaction).
+      const stats: ApplyStats = { rows: 0, parked: 0, replayed: 0, conflicts: {}, unapplicable: 0, attempts: 1 };
+      try {
+        await this.#applyChanges(batch.changes, stats, batch);
+        await this.#writeStatus(batch, stats);
+        await this.#o.db.query('COMMIT');
+        return stats;
+      } catch (err) {
+        await this.#o.db.query('ROLLBACK').catch(() => {});
+        if (err instanceof TableApplyError && isTableError(err)) this.#countFailure(err);
+        throw err instanceof TableApplyError ? err.cause : err;
+      } finally {
+        this.#open = false;
+      }
+    }
     let attempt = 0;
     for (;;) {
       attempt++;
@@ -360,6 +394,37 @@ export class Applier {
         throw err instanceof TableApplyError ? err.cause : err;
       }
     }
+  }
+
+  /**
+   * Apply part of a source transaction too large to hold in memory, in a
+   * target transaction that stays open until `apply()` commits it with the
+   * rest. Any error rolls it back and is thrown: the caller restarts the
+   * stream from the committed progress (the earlier chunks are gone).
+   */
+  async applyChunk(changes: readonly Change[]): Promise<ApplyStats> {
+    const stats: ApplyStats = { rows: 0, parked: 0, replayed: 0, conflicts: {}, unapplicable: 0, attempts: 1 };
+    try {
+      if (!this.#open) {
+        await this.#o.db.query('BEGIN');
+        this.#open = true;
+      }
+      await this.#applyChanges(changes, stats, undefined);
+      return stats;
+    } catch (err) {
+      await this.#o.db.query('ROLLBACK').catch(() => {});
+      this.#open = false;
+      if (err instanceof TableApplyError && isTableError(err)) {
+        this.#countFailure(err);
+        throw err.cause;
+      }
+      throw err instanceof TableApplyError ? err.cause : err;
+    }
+  }
+
+  /** Whether a chunked target transaction is open. */
+  get chunkOpen(): boolean {
+    return this.#open;
   }
 
   #countFailure(err: TableApplyError): void {
@@ -648,9 +713,10 @@ export class Applier {
     };
     for (const c of list) {
       const map = columnMap(c.rel, t);
+      const pk = c.priorityKeys ? { priorityKeys: c.priorityKeys } : {};
       if (c.op === 'delete') {
         const key = keyFrom(c.oldTuple, map, t, c);
-        push({ key, keyId: JSON.stringify(key), op: 'delete', version: c.version, lsn: c.lsn });
+        push({ key, keyId: JSON.stringify(key), op: 'delete', version: c.version, lsn: c.lsn, ...pk });
         continue;
       }
       const newKey = keyFrom(c.newTuple, map, t, c);
@@ -670,12 +736,12 @@ export class Applier {
       if (prev) for (let i = 0; i < values.length; i++) if (values[i] === UNCHANGED_TOAST && prev[i] !== UNCHANGED_TOAST) values[i] = prev[i]!;
       if (oldKey) {
         const oldId = JSON.stringify(oldKey);
-        push({ key: oldKey, keyId: oldId, op: 'delete', version: c.version, lsn: c.lsn });
-        const e: Omit<KeyEntry, 'stale'> = { key: newKey, keyId: newId, op: 'insert', values, version: c.version, lsn: c.lsn };
+        push({ key: oldKey, keyId: oldId, op: 'delete', version: c.version, lsn: c.lsn, ...pk });
+        const e: Omit<KeyEntry, 'stale'> = { key: newKey, keyId: newId, op: 'insert', values, version: c.version, lsn: c.lsn, ...pk };
         if (values.includes(UNCHANGED_TOAST)) e.fillFrom = oldKey;
         push(e);
       } else {
-        push({ key: newKey, keyId: newId, op: c.op, values, version: c.version, lsn: c.lsn });
+        push({ key: newKey, keyId: newId, op: c.op, values, version: c.version, lsn: c.lsn, ...pk });
       }
       lastValues.set(newId, values);
     }
@@ -754,13 +820,18 @@ export class Applier {
     }
     const xmins = new Map<number, string>();
     for (const r of s1.rows) if (r.xmin !== null) xmins.set(r.i, r.xmin);
+    // region-priority: a write the source marked inherits the priority rank (its version says so everywhere).
+    for (let i = 0; i < n; i++) {
+      const e = entries[i]!;
+      if (e.priorityKeys?.has(JSON.stringify(info[i]!.pk))) e.version = { ...e.version, priority: true };
+    }
 
     // 2. Lock and read the version entries (a new statement: sees whatever the row-lock holders committed).
     const pkArrays = kc.map((_, j) => entries.map((_, i) => info[i]!.pk[j]!));
-    const s2 = await db.query<{ i: number; xid: string; deleted: boolean; region: string; ts: string | null }>(
-      this.#named(`SELECT k.i, e.xid, e.deleted, e.region, e.ts
+    const s2 = await db.query<{ i: number; xid: string; deleted: boolean; region: string; ts: string | null; priority: boolean }>(
+      this.#named(`SELECT k.i, e.xid, e.deleted, e.region, e.ts, e.priority
          FROM unnest($1::int4[], ${keyParams(3)}) AS k(i, ${keyCols('p')})
-         JOIN LATERAL (SELECT v.xid::text AS xid, v.deleted, v.region, ${tsUs('COALESCE(v.commit_ts, pg_xact_commit_timestamp(xid(v.xid)))')} AS ts
+         JOIN LATERAL (SELECT v.xid::text AS xid, v.deleted, v.region, v.priority, ${tsUs('COALESCE(v.commit_ts, pg_xact_commit_timestamp(xid(v.xid)))')} AS ts
                          FROM tandem.row_versions v
                         WHERE v.relname = $2 AND v.pk = ARRAY[${keyCols('k.p')}]::text[] FOR UPDATE) e ON true`),
       [idx, table, ...pkArrays],
@@ -768,7 +839,7 @@ export class Applier {
     for (const r of s2.rows) {
       const li = info[r.i]!;
       li.hasEntry = true;
-      const v: Version = { tsUs: r.ts === null ? EPOCH_US : BigInt(r.ts), region: r.region };
+      const v: Version = { tsUs: r.ts === null ? EPOCH_US : BigInt(r.ts), region: r.region, ...(r.priority ? { priority: true } : {}) };
       if (li.exists) {
         // The entry describes the row only if the apply transaction that wrote the entry also wrote the row version we see.
         if (!r.deleted && (BigInt(r.xid) & 0xffff_ffffn) === BigInt(xmins.get(r.i)!)) li.state = { kind: 'row', version: v };
@@ -987,20 +1058,32 @@ export class Applier {
     const pkCols = kc.map((_, j) => `p${j}`).join(', ');
     const pkExpr = `ARRAY[${kc.map((_, j) => `k.p${j}`).join(', ')}]::text[]`;
     if (upd.length > 0) {
-      const args = [...kc.map((_, j) => p(upd.map((v) => v.pk[j]!), 'text[]')), p(upd.map((v) => usToTimestamp(v.version.tsUs)), 'text[]'), p(upd.map((v) => v.version.region), 'text[]'), p(upd.map((v) => v.deleted), 'bool[]')];
+      const args = [
+        ...kc.map((_, j) => p(upd.map((v) => v.pk[j]!), 'text[]')),
+        p(upd.map((v) => usToTimestamp(v.version.tsUs)), 'text[]'),
+        p(upd.map((v) => v.version.region), 'text[]'),
+        p(upd.map((v) => v.deleted), 'bool[]'),
+        p(upd.map((v) => v.version.priority === true), 'bool[]'),
+      ];
       ctes.push(
-        `vu AS (UPDATE tandem.row_versions v SET commit_ts = k.ts::timestamptz, region = k.region, xid = pg_current_xact_id(), deleted = k.deleted
-           FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted) WHERE v.relname = ${rel} AND v.pk = ${pkExpr} RETURNING 1)`,
+        `vu AS (UPDATE tandem.row_versions v SET commit_ts = k.ts::timestamptz, region = k.region, xid = pg_current_xact_id(), deleted = k.deleted, priority = k.priority
+           FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted, priority) WHERE v.relname = ${rel} AND v.pk = ${pkExpr} RETURNING 1)`,
       );
       counts.push('(SELECT count(*) FROM vu)::int AS vu');
       expect.vu = upd.length;
     }
     if (ins.length > 0) {
-      const args = [...kc.map((_, j) => p(ins.map((v) => v.pk[j]!), 'text[]')), p(ins.map((v) => usToTimestamp(v.version.tsUs)), 'text[]'), p(ins.map((v) => v.version.region), 'text[]'), p(ins.map((v) => v.deleted), 'bool[]')];
+      const args = [
+        ...kc.map((_, j) => p(ins.map((v) => v.pk[j]!), 'text[]')),
+        p(ins.map((v) => usToTimestamp(v.version.tsUs)), 'text[]'),
+        p(ins.map((v) => v.version.region), 'text[]'),
+        p(ins.map((v) => v.deleted), 'bool[]'),
+        p(ins.map((v) => v.version.priority === true), 'bool[]'),
+      ];
       ctes.push(
-        `vi AS (INSERT INTO tandem.row_versions (relname, pk, commit_ts, region, xid, deleted)
-           SELECT ${rel}, ${pkExpr}, k.ts::timestamptz, k.region, pg_current_xact_id(), k.deleted
-             FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted)
+        `vi AS (INSERT INTO tandem.row_versions (relname, pk, commit_ts, region, xid, deleted, priority)
+           SELECT ${rel}, ${pkExpr}, k.ts::timestamptz, k.region, pg_current_xact_id(), k.deleted, k.priority
+             FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted, priority)
            ON CONFLICT (relname, pk) DO NOTHING RETURNING 1)`,
       );
       counts.push('(SELECT count(*) FROM vi)::int AS vi');

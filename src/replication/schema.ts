@@ -48,6 +48,7 @@ export const SCHEMA_DDL: readonly string[] = [
      region text NOT NULL,
      xid xid8 NOT NULL,
      deleted boolean NOT NULL,
+     priority boolean NOT NULL DEFAULT false,
      PRIMARY KEY (relname, pk)
    ) WITH (fillfactor = 80)`,
   `CREATE INDEX IF NOT EXISTS row_versions_tombstones ON tandem.row_versions (commit_ts) WHERE deleted`,
@@ -128,7 +129,7 @@ export function captureTriggerDdl(t: TableName, keyColumns: readonly string[], r
 BEGIN
   INSERT INTO tandem.row_versions AS v (relname, pk, commit_ts, region, xid, deleted)
   VALUES (${sqlLiteral(tableKey(t))}, ${pkOld}, NULL, ${sqlLiteral(region)}, pg_current_xact_id(), true)
-  ON CONFLICT (relname, pk) DO UPDATE SET commit_ts = NULL, region = EXCLUDED.region, xid = EXCLUDED.xid, deleted = true;
+  ON CONFLICT (relname, pk) DO UPDATE SET commit_ts = NULL, region = EXCLUDED.region, xid = EXCLUDED.xid, deleted = true, priority = false;
   RETURN NULL;
 END
 $tandem$`,
@@ -173,5 +174,8 @@ export function originName(source: string): string {
   return `tandem_from_${regionIdent(source)}`;
 }
 
-/** Prefix of heartbeat messages (`pg_logical_emit_message`). */
+/** Prefix of heartbeat messages (`pg_logical_emit_message`, non-transactional). */
 export const HEARTBEAT_PREFIX = 'tandem.heartbeat';
+
+/** Prefix of the transactional marker a region-priority capture trigger emits for a write that inherits the priority rank. */
+export const PRIORITY_PREFIX = 'tandem.priority';
