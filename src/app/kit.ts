@@ -305,7 +305,9 @@ export class Kit extends BaseService {
   /** Serve one request; with `next`, unmatched requests are passed on instead of answered 404/405. */
   handle(req: http.IncomingMessage, res: http.ServerResponse, next?: () => void): void {
     const started = performance.now();
-    const url = new URL(req.url ?? '/', 'http://kit.invalid');
+    const raw = req.url ?? '/';
+    // Origin-form ("/path") is appended rather than resolved, so "//host/x" stays a path; absolute-form is parsed as is.
+    const url = new URL(/^https?:\/\//i.test(raw) ? raw : `http://kit.invalid${raw.startsWith('/') ? '' : '/'}${raw}`);
     const method = (req.method ?? 'GET').toUpperCase();
     let matched: CompiledRoute | undefined;
     let params: Record<string, string> = {};

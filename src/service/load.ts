@@ -88,10 +88,17 @@ export interface LoadOptions {
   signal?: AbortSignal;
   requestTimeoutMs?: number;
   dnsTimeoutMs?: number;
-  /** Attempts per write before giving up (default 8). */
+  /**
+   * How long a write keeps being retried before it counts as failed (default
+   * 60 s: longer than a failover takes — detection plus the DNS TTL).
+   */
+  retryBudgetMs?: number;
+  /** Attempts per write at most (default 200). */
   maxAttempts?: number;
-  /** Pause between attempts of one write (default 250 ms). */
+  /** Pause before the first retry of a write (default 250 ms), doubling up to `maxRetryDelayMs`. */
   retryDelayMs?: number;
+  /** Longest pause between attempts (default 2 s). */
+  maxRetryDelayMs?: number;
   /** Operations in flight per geography beyond which ticks are skipped (default 32). */
   maxInFlight?: number;
   /** Called for every record as it happens (the drill streams them). */
@@ -301,8 +308,10 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   const random = prng(seed);
   const writeRatio = opts.writeRatio ?? 0.5;
   const requestTimeoutMs = opts.requestTimeoutMs ?? 2_000;
-  const maxAttempts = opts.maxAttempts ?? 8;
+  const maxAttempts = opts.maxAttempts ?? 200;
   const retryDelayMs = opts.retryDelayMs ?? 250;
+  const maxRetryDelayMs = opts.maxRetryDelayMs ?? 2_000;
+  const retryBudgetMs = opts.retryBudgetMs ?? 60_000;
   const maxInFlight = opts.maxInFlight ?? 32;
   const loopbackOnly = opts.loopbackOnly ?? true;
   // `ticking` ends the schedule (bound reached or aborted); operations already started finish their
@@ -369,6 +378,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     const write = async () => {
       const key = randomUUID();
       const body = { customer: clientId, amountCents: 100 + Math.floor(random() * 10_000), currency: 'INR' };
+      const giveUpAt = performance.now() + retryBudgetMs;
       for (let n = 1; n <= maxAttempts; n++) {
         const r = await attempt('create', key, n, 'POST', () => '/v1/orders', body);
         if (r.acknowledged && r.orderId) {
@@ -379,8 +389,9 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
         // A 4xx other than "in flight" (409) or "not here yet" (404) will not change on retry.
         if (r.status >= 400 && r.status < 500 && r.status !== 409 && r.status !== 404 && r.status !== 408 && r.status !== 429) return;
         // Even after the bound is reached, a write already started keeps retrying (it may have been applied); an abort ends it.
-        if (hard.aborted) return;
-        await sleep(retryDelayMs, hard).catch(() => {});
+        const delay = Math.min(maxRetryDelayMs, retryDelayMs * 2 ** (n - 1));
+        if (hard.aborted || performance.now() + delay > giveUpAt) return;
+        await sleep(delay, hard).catch(() => {});
       }
     };
 

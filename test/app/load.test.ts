@@ -145,13 +145,13 @@ test('resolves through DNS with ECS, honours the TTL, falls back past a dead DNS
 });
 
 test('failover: writes refused in one region are retried with the same key in the other once the DNS answer expires', async () => {
-  stub.answer = { addresses: ['127.0.1.1'], ttlSec: 1 };
+  stub.answer = { addresses: ['127.0.1.1'], ttlSec: 2 };
   stub.queries = [];
   const switchover = setTimeout(() => {
-    // The region becomes read-only and DNS starts answering with the other region (TTL 1 s still cached by clients).
+    // The region becomes read-only and DNS starts answering with the other region; clients keep the old answer until its TTL (2 s) ends.
     void setFence(dbs[0]!, 'r1', true, 'load test failover');
-    stub.answer = { addresses: ['127.0.2.1'], ttlSec: 1 };
-  }, 800);
+    stub.answer = { addresses: ['127.0.2.1'], ttlSec: 2 };
+  }, 500);
   let result;
   try {
     result = await runLoad({
@@ -160,9 +160,10 @@ test('failover: writes refused in one region are retried with the same key in th
       port,
       geos: [{ geo: 'mumbai', ecs: '115.96.0.0/24' }],
       ratePerSec: 10,
-      durationMs: 2_600,
+      durationMs: 3_500,
       writeRatio: 1,
-      retryDelayMs: 150,
+      retryDelayMs: 100,
+      maxRetryDelayMs: 300,
       seed: 11,
     });
   } finally {
