@@ -20,7 +20,9 @@ const registrations: Array<() => Promise<{ register(program: Command): void }>> 
   // One line per part; keep in DESIGN.md order.
   () => import('./dns.ts'),
   () => import('./app.ts'),
+  () => import('./control.ts'),
   () => import('./lab.ts'),
+  () => import('./dashboard.ts'),
 ];
 
 for (const load of registrations) (await load()).register(program);
