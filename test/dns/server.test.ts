@@ -343,3 +343,23 @@ test('explain over the API', async () => {
     assert.equal(e.services[0]!.A[0]!.region, expected.region);
   }
 });
+
+test('IPv6 listener (UDP and TCP), AAAA answers, IPv6 ECS', async () => {
+  const v6Input = labConfigInput({ healthUrls: [south.url, west.url], addresses: [['127.0.1.1', '::1:1'], ['127.0.2.1', '::2:1']] });
+  const { file: v6File } = writeConfig(v6Input);
+  const d = new DnsDaemon({ region: 'aws-south', configPath: v6File, token: TOKEN, listen: [{ host: '::1', port: 0 }] });
+  await d.start();
+  after(() => d.stop());
+  const target = d.listeners[0]!;
+  assert.equal(target.host, '::1');
+  for (const tcp of [false, true]) {
+    const a = await queryA(target, 'app.tandem.test', { timeoutMs: 2000, tcp, type: 'AAAA', ecs: '106.51.0.0/24' });
+    assert.equal(a.rcode, 'NOERROR');
+    assert.equal(a.addresses.length, 1);
+    assert.ok(['::1:1', '::2:1'].includes(a.addresses[0]!));
+  }
+  // An IPv6 client subnet is looked up in the IPv6 file and echoed with a scope.
+  const v6 = await queryA(target, 'app.tandem.test', { timeoutMs: 2000, ecs: '2401:4900::/32' });
+  assert.equal(v6.addresses.length, 1);
+  assert.ok(v6.scopePrefix !== undefined && v6.scopePrefix <= 128);
+});
