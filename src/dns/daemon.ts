@@ -173,7 +173,7 @@ export class DnsDaemon extends BaseService {
     return this.#opts.configPath;
   }
 
-  #startHealth(config: Config, previous: HealthChecker | undefined): void {
+  #startHealth(config: Config, previous: HealthChecker | undefined, previousConfig?: Config): void {
     if (this.#opts.health) {
       this.#health = this.#opts.health;
       if (!previous) this.#opts.health.on('transition', this.#onTransition);
@@ -183,7 +183,7 @@ export class DnsDaemon extends BaseService {
     for (const s of previous?.snapshot() ?? []) {
       const r = config.regions.find((x) => x.name === s.region);
       // Keep what we know about a region across a reload unless its URL changed.
-      if (r && this.#config.regions.find((x) => x.name === s.region)?.healthUrl === r.healthUrl) initial.set(s.region, s);
+      if (r && previousConfig?.regions.find((x) => x.name === s.region)?.healthUrl === r.healthUrl) initial.set(s.region, s);
     }
     const checker = new HealthChecker({
       targets: config.regions.map((r) => ({ region: r.name, url: r.healthUrl })),
@@ -306,7 +306,7 @@ export class DnsDaemon extends BaseService {
       const previous = this.#checker;
       previous?.off('transition', this.#onTransition);
       void previous?.stop();
-      this.#startHealth(config, previous);
+      this.#startHealth(config, previous, old);
       changed.push('health');
     }
     this.#rebuild();

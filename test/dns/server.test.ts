@@ -330,7 +330,15 @@ test('reload: a good config takes effect, a bad one is rejected and the old one 
   await assert.rejects(api('/v1/reload', { method: 'POST' }), (err: unknown) => isTandemError(err, 'TANDEM_ERR_CONFIG') && /IN-ZZ/.test(err.message));
   assert.equal((await queryA(dnsAddr, 'other.tandem.test', { timeoutMs: 2000 })).rcode, 'NXDOMAIN', 'the rejected config is not served');
   assert.deepEqual((await queryA(dnsAddr, 'new.tandem.test', { timeoutMs: 2000 })).addresses, ['127.0.9.7'], 'the old one still is');
+  // A health change restarts the checker and keeps what it knew about unchanged targets.
+  const healthChange = structuredClone(input);
+  healthChange.health = { ...healthChange.health, intervalMs: 120 };
+  writeFileSync(file, stringify(healthChange));
+  const r2 = await api<{ changed: string[] }>('/v1/reload', { method: 'POST' });
+  assert.ok(r2.changed.includes('health'));
+  assert.ok(daemon.health.snapshot().every((h) => h.state === 'healthy'), 'states carried over the reload');
   writeFileSync(file, stringify(input));
+  await api('/v1/reload', { method: 'POST' });
 });
 
 test('explain over the API', async () => {
