@@ -8,135 +8,32 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { parseConfig, type Config, type ConfigInput } from '../../src/core/config/index.ts';
 import { ApiServer, callApi } from '../../src/core/http.ts';
-import { createRegistry } from '../../src/core/metrics.ts';
 import { silentLogger } from '../../src/core/log.ts';
 import { isTandemError } from '../../src/core/errors.ts';
-import { DnsDaemon } from '../../src/dns/daemon.ts';
+import type { DnsDaemon } from '../../src/dns/daemon.ts';
 import { queryA } from '../../src/dns/client.ts';
-import { Controller, type LagReader } from '../../src/control/controller.ts';
-import { SCHEMA_DDL } from '../../src/replication/schema.ts';
-import { createDashboard } from '../../src/observe/dashboard.ts';
+import type { Controller } from '../../src/control/controller.ts';
 import { fetchAlerts, nextUpdates, type Collector, type DashboardSnapshot } from '../../src/observe/collector.ts';
-import { startCluster, client, TEST_PG_PASSWORD, type TestCluster } from '../helpers/pg.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startStandInApp, startWebhookReceiver, waitFor, type StandInApp, type WebhookReceiver } from './helpers.ts';
+import { waitFor, type StandInApp, type WebhookReceiver } from './helpers.ts';
+import { startFixture, TOKEN, type Fixture } from './fixture.ts';
 
-const TOKEN = 'observe-test-token';
-const REGIONS = ['aws-south', 'azure-west'] as const;
-const dir = mkdtempSync(path.join(tmpdir(), 'tandem-observe-'));
-let cluster: TestCluster;
-let config: Config;
-const apps: StandInApp[] = [];
-const dns: DnsDaemon[] = [];
-const controllers: Controller[] = [];
-let hook: WebhookReceiver;
+let f: Fixture;
 let collector: Collector;
-let server: ApiServer;
 let base: string;
-/** Lag the controllers read, per target region and source region (seconds). */
-const lag: Record<string, Record<string, number>> = { 'aws-south': { 'azure-west': 0.3 }, 'azure-west': { 'aws-south': 0.4 } };
+let hook: WebhookReceiver;
+let apps: StandInApp[];
+let dns: DnsDaemon[];
+let controllers: Controller[];
+let lag: Fixture['lag'];
 
 before(async () => {
-  process.env.TANDEM_OBSERVE_TEST_PG = TEST_PG_PASSWORD;
-  cluster = await startCluster(1);
-  const pg = cluster.servers[0]!;
-  const c = await client(pg);
-  for (const ddl of SCHEMA_DDL) await c.query(ddl);
-  await c.query(
-    `INSERT INTO tandem.conflicts (peer, relname, pk, kind, local_commit_ts, local_region, remote_commit_ts, remote_region, decision, reason)
-     VALUES ('azure-west', 'public.orders', ARRAY['42'], 'update_update', now() - interval '1 second', 'aws-south', now(), 'azure-west', 'apply_remote', 'later commit wins')`,
-  );
-  await c.end();
-  hook = await startWebhookReceiver();
-  const ports = await Promise.all(
-    REGIONS.map(async (_r, i) => {
-      const host = `127.0.${i + 1}.1`;
-      return { host, app: await freePort(host), dns: await freePort(host), admin: await freePort(host), control: await freePort(host), deadPg: await freePort(host) };
-    }),
-  );
-  const input: ConfigInput = {
-    dataDir: dir,
-    adminToken: { env: 'TANDEM_OBSERVE_TEST_TOKEN' },
-    regions: REGIONS.map((name, i) => {
-      const p = ports[i]!;
-      return {
-        name,
-        cloud: i === 0 ? 'aws' : 'azure',
-        addresses: [p.host],
-        healthUrl: `http://${p.host}:${p.app}/healthz`,
-        // aws-south's database is the real one; azure-west's is a port nobody listens on (a failed database).
-        database:
-          i === 0
-            ? { host: pg.options.host, port: pg.options.port, user: 'postgres', password: { env: 'TANDEM_OBSERVE_TEST_PG' }, connectTimeoutSec: 1 }
-            : { host: p.host, port: p.deadPg, connectTimeoutSec: 1 },
-        dns: { listen: [`${p.host}:${p.dns}`], admin: `${p.host}:${p.admin}` },
-        app: { listen: `${p.host}:${p.app}` },
-        control: { listen: `${p.host}:${p.control}` },
-      };
-    }),
-    health: { intervalMs: 150, timeoutMs: 120, failThreshold: 2, recoverThreshold: 2 },
-    dns: { zone: 'tandem.test.', services: [{ name: 'app', ttlSec: 5 }] },
-    geo: {
-      rules: [
-        { name: 'south', match: ['IN/Tamil Nadu', 'IN/Karnataka', 'IN/Kerala', 'IN/Telangana', 'IN/Andhra Pradesh'], order: ['aws-south', 'azure-west'] },
-        { name: 'west', match: ['IN/Maharashtra', 'IN/Gujarat', 'IN-GA', 'IN/Rajasthan'], order: ['azure-west', 'aws-south'] },
-      ],
-      overrides: [
-        { cidr: '127.0.7.0/24', order: ['aws-south', 'azure-west'] },
-        { cidr: '127.0.8.0/24', order: ['azure-west', 'aws-south'] },
-      ],
-    },
-    control: { rpoSec: 5, rtoSec: 30, readinessLagSec: 2, waitPeriodSec: 0, autoDrain: true, autoFailback: true },
-    alerts: { repeatIntervalSec: 3600, errorRateMinRequests: 20, pollIntervalMs: 250, webhooks: [{ url: hook.url }] },
-  };
-  process.env.TANDEM_OBSERVE_TEST_TOKEN = TOKEN;
-  config = parseConfig(input);
-  writeFileSync(path.join(dir, 'tandem.yaml'), JSON.stringify(input));
-  for (const [i, r] of REGIONS.entries()) apps.push(await startStandInApp(ports[i]!.host, ports[i]!.app, r));
-  for (const r of REGIONS) {
-    const d = new DnsDaemon({ region: r, config, token: TOKEN, logger: silentLogger() });
-    await d.start();
-    dns.push(d);
-  }
-  const reader: LagReader = async (region) => {
-    const l = lag[region.name];
-    return l ? Object.fromEntries(Object.entries(l).map(([peer, s]) => [peer, { lagSec: s, sourceCommitAt: Date.now() - s * 1000 }])) : undefined;
-  };
-  for (const r of REGIONS) {
-    const c = new Controller({ config, region: r, token: TOKEN, logger: silentLogger(), lag: reader, tickMs: 200 });
-    await c.start();
-    controllers.push(c);
-  }
-  // A drill report, and a symlink that points out of the reports folder (must not be served).
-  const reports = path.join(dir, 'reports');
-  mkdirSync(path.join(reports, 'drill-1'), { recursive: true });
-  writeFileSync(path.join(reports, 'drill-1', 'report.json'), JSON.stringify({ scenario: 'failover aws-south', startedAt: '2026-01-01T00:00:00.000Z', passed: true, rto: { measuredSec: 12.34 }, rpo: { measuredSec: 0.8 } }));
-  writeFileSync(path.join(reports, 'drill-1', 'report.html'), '<!doctype html><title>drill</title><h1>drill report</h1>');
-  writeFileSync(path.join(dir, 'secret.txt'), 'not for the dashboard');
-  symlinkSync(path.join(dir, 'secret.txt'), path.join(reports, 'drill-1', 'leak.txt'));
-  const registry = createRegistry('observe', undefined, false);
-  const dash = createDashboard({ config, token: TOKEN, logger: silentLogger(), reportsDir: reports, registry });
-  collector = dash.collector;
-  server = new ApiServer({ name: 'dashboard', listen: { host: '127.0.0.1', port: 0 }, token: TOKEN, routes: dash.routes, registry, logger: silentLogger() });
-  await server.start();
-  await collector.start();
-  base = server.url;
+  f = await startFixture();
+  ({ collector, base, hook, apps, dns, controllers, lag } = f);
 });
 
 after(async () => {
-  await collector?.stop();
-  await server?.stop();
-  await Promise.all(controllers.map((c) => c.stop()));
-  await Promise.all(dns.map((d) => d.stop()));
-  await Promise.all(apps.map((a) => a.stop()));
-  await hook?.close();
-  await cluster?.stop();
-  rmSync(dir, { recursive: true, force: true });
+  await f?.stop();
 });
 
 const snap = () => collector.snapshot();

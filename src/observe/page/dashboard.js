@@ -33,7 +33,7 @@
       else if (k === 'style') for (const [p, x] of Object.entries(v)) e.style.setProperty(p, x);
       else e.setAttribute(k, v === true ? '' : String(v));
     }
-    for (const c of children.flat()) if (c !== undefined && c !== null && c !== false) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    for (const c of children.flat(Infinity)) if (c !== undefined && c !== null && c !== false) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
     return e;
   }
   const svg = (tag, attrs) => {
@@ -368,8 +368,7 @@
               ' ',
               e.region ? el('b', {}, e.region) : null,
               ' ',
-              el('span', {}, e.kind),
-              ': ',
+              e.source === 'alert' ? null : [el('span', {}, e.kind), ': '],
               el('span', {}, e.message),
               e.actor ? el('span', { class: 'muted small' }, ` (${e.actor})`) : null,
             ),
@@ -425,7 +424,7 @@
                 'tr',
                 { 'data-report': r.id },
                 el('td', {}, r.title),
-                el('td', {}, r.at ? time(r.at) : ''),
+                el('td', {}, r.at ? el('time', { datetime: r.at, title: r.at }, new Date(r.at).toLocaleString([], { hour12: false })) : ''),
                 el('td', {}, r.outcome ? pill(/pass|ok|met/i.test(r.outcome) ? 'ok' : 'critical', r.outcome) : ''),
                 el('td', {}, Object.entries(r.figures).map(([k, v]) => `${k} ${v}`).join(' · ')),
                 el('td', {}, Object.entries(r.links).map(([k, href]) => [el('a', { href, target: '_blank', rel: 'noopener' }, k), ' '])),
