@@ -4,7 +4,10 @@
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 
-const needed = [{ pkg: 'chromium', path: '/usr/bin/chromium' }];
+const needed = [
+  { pkg: 'chromium', path: '/usr/bin/chromium' },
+  { pkg: 'bind9-dnsutils', path: '/usr/bin/dig' },
+];
 const missing = needed.filter((n) => !existsSync(n.path));
 if (missing.length === 0) process.exit(0);
 const pkgs = missing.map((m) => m.pkg);

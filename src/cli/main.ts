@@ -19,6 +19,7 @@ const program = new Command('tandem')
 const registrations: Array<() => Promise<{ register(program: Command): void }>> = [
   // One line per part; keep in DESIGN.md order.
   () => import('./dns.ts'),
+  () => import('./replicate.ts'),
   () => import('./app.ts'),
   () => import('./control.ts'),
   () => import('./lab.ts'),

@@ -1,0 +1,453 @@
+/**
+ * The failover controller of one region: every tick it reads every DNS
+ * server's health view (the vantage points) and every region's replication
+ * lag, runs the runbook, and — when it is the leader — carries out its
+ * decisions on all DNS servers, writes the audit log and notifies.
+ *
+ * Leadership: the first region in config order whose controller answers and
+ * which is in rotation leads; the others watch and mirror. Only the leader
+ * changes DNS, and operators' commands are forwarded to it, so there is one
+ * writer.
+ */
+import path from 'node:path';
+import { Gauge, Counter, Histogram, type Registry } from 'prom-client';
+import { BaseService, sleep } from '../core/lifecycle.ts';
+import { TandemError } from '../core/errors.ts';
+import type { Logger } from '../core/log.ts';
+import type { Config, RegionConfig } from '../core/config/index.ts';
+import { ApiServer, callApi, type Route } from '../core/http.ts';
+import { WebhookNotifier } from '../core/notify.ts';
+import { AuditLog, type AuditEntry } from './audit.ts';
+import { Runbook, inRotation, type Observation, type RegionObservation, type RunbookEvent } from './runbook.ts';
+import { statusPage } from './page.ts';
+
+/** A region's replication lag from each peer, as read from its database; undefined when unreadable. */
+export type LagReader = (region: RegionConfig) => Promise<Record<string, { lagSec: number; sourceCommitAt: number | undefined }> | undefined>;
+
+/** The part of a DNS server's `GET /v1/state` the controller reads. */
+export interface DnsStateView {
+  region: string;
+  regions: { name: string; health: { state: 'unknown' | 'healthy' | 'unhealthy'; since: string }; drained: boolean; drainReason?: string }[];
+}
+
+export interface ControllerOptions {
+  config: Config;
+  region: string;
+  token: string | undefined;
+  logger: Logger;
+  registry?: Registry;
+  lag: LagReader;
+  /** Tick period; default half the probe interval (at least 250 ms). */
+  tickMs?: number;
+}
+
+/** What `GET /v1/status` returns. */
+export interface ControllerStatus {
+  region: string;
+  leader: string | undefined;
+  isLeader: boolean;
+  at: string;
+  rpoSec: number;
+  rtoSec: number;
+  readinessLagSec: number;
+  regions: {
+    name: string;
+    phase: string;
+    since: string;
+    drainedBy?: string;
+    inRotation: boolean;
+    votesUnhealthy: number;
+    votesHealthy: number;
+    dnsDrained: Record<string, boolean>;
+    lagFrom?: Record<string, number>;
+    failure?: Record<string, unknown>;
+  }[];
+  events: (RunbookEvent & { iso: string })[];
+  vantagePoints: { region: string; reachable: boolean; error?: string }[];
+}
+
+const CONTROLLER_REASON = 'tandem-controller';
+const AUDITED: RunbookEvent['kind'][] = ['confirmed', 'drained', 'drain-refused', 'rpo-breach', 'awaiting-operator', 'ready', 'failed-back', 'relapsed'];
+const NOTIFIED: RunbookEvent['kind'][] = ['drained', 'drain-refused', 'rpo-breach', 'awaiting-operator', 'failed-back'];
+
+/** The controller daemon of one region. */
+export class Controller extends BaseService {
+  readonly name: string;
+  readonly #o: ControllerOptions;
+  readonly #log: Logger;
+  readonly #runbook: Runbook;
+  readonly #audit: AuditLog;
+  readonly #notifier: WebhookNotifier;
+  readonly #me: RegionConfig;
+  #api: ApiServer | undefined;
+  #loop: Promise<void> | undefined;
+  #ac = new AbortController();
+  #events: RunbookEvent[] = [];
+  #lastObservation: Observation | undefined;
+  #dnsViews = new Map<string, DnsStateView | Error>();
+  #leader: string | undefined;
+  #wasLeading = false;
+  #synced = false;
+  /** Undrains that did not reach every DNS server yet. */
+  #pendingUndrain = new Set<string>();
+  #ops: Promise<unknown> = Promise.resolve();
+  readonly #metrics: { phase: Gauge; leader: Gauge; failovers: Counter; failoverSeconds: Histogram } | undefined;
+
+  constructor(o: ControllerOptions) {
+    super();
+    this.#o = o;
+    this.name = `control:${o.region}`;
+    this.#log = o.logger;
+    const me = o.config.regions.find((r) => r.name === o.region);
+    if (!me) throw new TandemError('TANDEM_ERR_NOT_FOUND', `unknown region "${o.region}"`);
+    this.#me = me;
+    const c = o.config.control;
+    const n = o.config.regions.length;
+    this.#runbook = new Runbook(
+      o.config.regions.map((r) => r.name),
+      { ...c, quorum: c.quorum ?? Math.min(2, n) },
+      `controller:${o.region}`,
+    );
+    this.#audit = new AuditLog(c.auditLog ?? path.join(o.config.dataDir, `control-${o.region}-audit.jsonl`));
+    this.#notifier = new WebhookNotifier(c.webhooks.map((w) => w.url), `tandem controller (${o.region})`, o.logger);
+    if (o.registry) {
+      const registers = [o.registry];
+      this.#metrics = {
+        phase: new Gauge({ name: 'tandem_control_region_phase', help: 'Runbook phase of each region (1 for the current phase)', labelNames: ['target', 'phase'], registers }),
+        leader: new Gauge({ name: 'tandem_control_is_leader', help: '1 when this controller leads', registers }),
+        failovers: new Counter({ name: 'tandem_control_failovers_total', help: 'Regions drained from DNS, by who', labelNames: ['target', 'by'], registers }),
+        failoverSeconds: new Histogram({
+          name: 'tandem_control_failover_seconds',
+          help: 'Time from detection to the drain in DNS',
+          buckets: [1, 2, 5, 10, 20, 30, 60, 120, 300, 600],
+          registers,
+        }),
+      };
+    }
+  }
+
+  get auditLog(): AuditLog {
+    return this.#audit;
+  }
+
+  protected async onStart(): Promise<void> {
+    const listen = this.#me.control?.listen;
+    if (!listen) throw new TandemError('TANDEM_ERR_CONFIG', `regions[${this.#o.region}].control.listen is not set`);
+    this.#api = new ApiServer({ name: 'control-api', listen, token: this.#o.token, routes: this.#routes(), registry: this.#o.registry, logger: this.#log });
+    await this.#api.start();
+    this.#loop = this.#run(this.#ac.signal);
+  }
+
+  protected async onStop(): Promise<void> {
+    this.#ac.abort();
+    await this.#loop?.catch(() => {});
+    await this.#notifier.flush();
+    await this.#api?.stop();
+  }
+
+  get #tickMs(): number {
+    return this.#o.tickMs ?? Math.max(250, Math.floor(this.#o.config.health.intervalMs / 2));
+  }
+
+  async #run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      const t0 = Date.now();
+      await this.#serial(() => this.tick()).catch((err) => this.#log.error({ err }, 'controller tick failed'));
+      await sleep(Math.max(0, this.#tickMs - (Date.now() - t0)), signal).catch(() => {});
+    }
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.#ops.then(fn, fn);
+    this.#ops = next.catch(() => {});
+    return next;
+  }
+
+  /** One round: observe, decide, act (when leading). Exposed for tests. */
+  async tick(): Promise<void> {
+    const obs = await this.#observe();
+    this.#lastObservation = obs;
+    if (!this.#synced) {
+      // Mirror DNS once before electing, so a restarted controller knows its region is drained.
+      this.#syncFromDns(false);
+      this.#synced = true;
+    }
+    this.#leader = await this.#electLeader(obs);
+    const leading = this.#leader === this.#o.region;
+    this.#syncFromDns(leading);
+    if (leading) {
+      for (const e of this.#runbook.step(obs)) this.#record(e, true);
+      await this.#enforce();
+    }
+    this.#updateMetrics(leading);
+  }
+
+  async #observe(): Promise<Observation> {
+    const cfg = this.#o.config;
+    const timeoutMs = Math.min(2_000, cfg.health.intervalMs);
+    await Promise.all(
+      cfg.regions.map(async (r) => {
+        if (!r.dns) return;
+        try {
+          this.#dnsViews.set(r.name, await callApi<DnsStateView>(`http://${hostPort(r.dns.admin)}/v1/state`, { token: this.#o.token, timeoutMs }));
+        } catch (err) {
+          this.#dnsViews.set(r.name, err as Error);
+        }
+      }),
+    );
+    const lags = await Promise.all(cfg.regions.map((r) => this.#o.lag(r).catch(() => undefined)));
+    const regions: RegionObservation[] = cfg.regions.map((target, i) => {
+      let votesUnhealthy = 0;
+      let votesHealthy = 0;
+      let unhealthySince: number | undefined;
+      for (const [vantage, view] of this.#dnsViews) {
+        if (view instanceof Error) {
+          if (vantage === target.name) votesUnhealthy++;
+          continue;
+        }
+        const h = view.regions.find((x) => x.name === target.name)?.health;
+        if (!h) continue;
+        if (h.state === 'unhealthy') {
+          votesUnhealthy++;
+          const since = Date.parse(h.since);
+          if (!Number.isNaN(since)) unhealthySince = Math.min(unhealthySince ?? since, since);
+        } else {
+          votesHealthy++;
+        }
+      }
+      const lagFrom = lags[i];
+      return { name: target.name, votesUnhealthy, votesHealthy, ...(unhealthySince !== undefined ? { unhealthySince } : {}), ...(lagFrom ? { lagFrom } : {}) };
+    });
+    return { now: Date.now(), regions };
+  }
+
+  /** The first region in config order that is in rotation and whose controller answers. */
+  async #electLeader(obs: Observation): Promise<string | undefined> {
+    for (const r of this.#o.config.regions) {
+      const rb = this.#runbook.regions.get(r.name)!;
+      const o = obs.regions.find((x) => x.name === r.name)!;
+      if (!inRotation(rb) || rb.phase === 'failed' || o.votesUnhealthy >= 1) continue;
+      if (r.name === this.#o.region) return r.name;
+      if (!r.control) continue;
+      try {
+        await callApi(`http://${hostPort(r.control.listen)}/v1/status?brief=1`, { timeoutMs: 1_000 });
+        return r.name;
+      } catch {
+        // Not reachable: the next region in order leads.
+      }
+    }
+    return this.#o.region;
+  }
+
+  /** Reachable DNS servers' drain state for `region`. */
+  #dnsDrained(region: string): Record<string, boolean> {
+    const out: Record<string, boolean> = {};
+    for (const [vantage, view] of this.#dnsViews) {
+      if (view instanceof Error) continue;
+      const r = view.regions.find((x) => x.name === region);
+      if (r) out[vantage] = r.drained;
+    }
+    return out;
+  }
+
+  /**
+   * Keep the runbook in step with DNS. A follower only mirrors what the DNS
+   * servers say (the leader decides). A leader adopts, when it takes over,
+   * every drain it finds, and later any drain on every server that no
+   * controller made (an operator's `tandem dns drain`).
+   */
+  #syncFromDns(leading: boolean): void {
+    const views = [...this.#dnsViews.values()].filter((v): v is DnsStateView => !(v instanceof Error));
+    if (views.length === 0) return;
+    const takingOver = leading && !this.#wasLeading;
+    this.#wasLeading = leading;
+    for (const [name, rb] of this.#runbook.regions) {
+      const entries = views.map((v) => v.regions.find((x) => x.name === name)).filter((x) => x !== undefined);
+      if (entries.length === 0) continue;
+      const drained = entries.filter((e) => e.drained);
+      const by = drained.some((e) => e.drainReason?.startsWith(CONTROLLER_REASON)) ? 'auto' : 'operator';
+      if (inRotation(rb)) {
+        const adopt = leading ? (takingOver && drained.length > 0) || (drained.length === entries.length && by === 'operator') : drained.length > 0;
+        if (adopt) this.#runbook.adoptDrained(name, by);
+      } else if (!leading && drained.length === 0) {
+        Object.assign(rb, { phase: 'serving', since: Date.now() });
+        delete rb.drainedBy;
+      }
+    }
+  }
+
+  /** Make every reachable DNS server match the runbook: drained regions drained; failed-back ones undrained. */
+  async #enforce(): Promise<void> {
+    const drained = this.#runbook.drainedSet();
+    const cfg = this.#o.config;
+    const tasks: Promise<void>[] = [];
+    for (const target of cfg.regions) {
+      const want = drained.has(target.name);
+      const state = this.#dnsDrained(target.name);
+      for (const server of cfg.regions) {
+        if (!server.dns) continue;
+        const has = state[server.name];
+        if (has === undefined) continue; // unreachable now; repaired on a later tick
+        if (want && !has) tasks.push(this.#dnsCall(server, target.name, 'drain'));
+        if (!want && has && this.#pendingUndrain.has(target.name)) tasks.push(this.#dnsCall(server, target.name, 'undrain'));
+      }
+      if (!want && this.#pendingUndrain.has(target.name) && Object.values(state).every((d) => !d) && Object.keys(state).length === cfg.regions.filter((r) => r.dns).length) {
+        this.#pendingUndrain.delete(target.name);
+      }
+    }
+    await Promise.all(tasks);
+  }
+
+  async #dnsCall(server: RegionConfig, target: string, action: 'drain' | 'undrain'): Promise<void> {
+    const rb = this.#runbook.regions.get(target)!;
+    const reason = `${CONTROLLER_REASON} (${this.#o.region}): ${rb.drainedBy === 'operator' ? 'operator drain' : `${target} ${rb.phase}`}`;
+    try {
+      await callApi(`http://${hostPort(server.dns!.admin)}/v1/regions/${encodeURIComponent(target)}/${action}`, {
+        method: 'POST',
+        token: this.#o.token,
+        body: action === 'drain' ? { reason } : {},
+        actor: `controller:${this.#o.region}`,
+        timeoutMs: 2_000,
+      });
+    } catch (err) {
+      this.#log.warn({ err, server: server.name, target, action }, 'DNS admin call failed; retrying next tick');
+    }
+  }
+
+  #record(e: RunbookEvent, leading: boolean): void {
+    this.#events.push(e);
+    if (this.#events.length > 500) this.#events.splice(0, this.#events.length - 500);
+    const level = e.severity === 'critical' ? 'error' : e.severity === 'warning' ? 'warn' : 'info';
+    this.#log[level]({ event: e.kind, target: e.region, details: e.details, leading }, e.message);
+    const manual = !e.actor.startsWith('controller:');
+    if (!leading && !manual) return;
+    if (e.kind === 'failed-back') this.#pendingUndrain.add(e.region);
+    if (e.kind === 'drained') {
+      this.#pendingUndrain.delete(e.region);
+      const f = this.#runbook.regions.get(e.region)?.failure;
+      this.#metrics?.failovers.inc({ target: e.region, by: manual ? 'operator' : 'auto' });
+      if (f?.drainedAt && !manual) this.#metrics?.failoverSeconds.observe((f.drainedAt - f.detectedAt) / 1000);
+    }
+    if (AUDITED.includes(e.kind) || manual) {
+      this.#audit.append({ at: new Date(e.at).toISOString(), actor: e.actor, action: e.kind, region: e.region, reason: e.message, ...(e.details ? { details: e.details } : {}) });
+    }
+    if (NOTIFIED.includes(e.kind)) {
+      const f = this.#runbook.regions.get(e.region)?.failure;
+      this.#notifier.send({
+        key: `${e.region}:${e.kind}:${f?.detectedAt ?? e.at}`,
+        severity: e.severity,
+        title: e.kind === 'failed-back' ? `RESOLVED: ${e.region} is serving again` : `${e.region}: ${e.kind}`,
+        text: e.message,
+        fields: { region: e.region, event: e.kind, actor: e.actor, ...(flatten(e.details) ?? {}) },
+        at: new Date(e.at),
+      });
+    }
+  }
+
+  #updateMetrics(leading: boolean): void {
+    if (!this.#metrics) return;
+    this.#metrics.leader.set(leading ? 1 : 0);
+    for (const r of this.#runbook.regions.values()) {
+      for (const phase of ['serving', 'suspect', 'failed', 'drained', 'recovering']) this.#metrics.phase.set({ target: r.name, phase }, r.phase === phase ? 1 : 0);
+    }
+  }
+
+  /** Operator: drain a region (forwarded to the leader). */
+  async failover(body: { region: string; force?: boolean; reason?: string }, actor: string): Promise<RunbookEvent> {
+    return this.#manual('failover', body, actor, () => {
+      const obs = this.#lastObservation ?? { now: Date.now(), regions: [] };
+      return this.#runbook.manualDrain(body.region, { ...obs, now: Date.now() }, { actor, force: body.force, reason: body.reason });
+    });
+  }
+
+  /** Operator: return a drained region (forwarded to the leader). */
+  async failback(body: { region: string; force?: boolean; reason?: string }, actor: string): Promise<RunbookEvent> {
+    return this.#manual('failback', body, actor, () => {
+      const obs = this.#lastObservation ?? { now: Date.now(), regions: [] };
+      return this.#runbook.manualFailback(body.region, { ...obs, now: Date.now() }, { actor, force: body.force, reason: body.reason });
+    });
+  }
+
+  async #manual(what: 'failover' | 'failback', body: { region: string; force?: boolean; reason?: string }, actor: string, act: () => RunbookEvent): Promise<RunbookEvent> {
+    if (!body || typeof body.region !== 'string') throw new TandemError('TANDEM_ERR_USAGE', 'body must be {"region": "<name>", "force"?: bool, "reason"?: string}');
+    const leader = this.#leader;
+    if (leader && leader !== this.#o.region) {
+      const r = this.#o.config.regions.find((x) => x.name === leader);
+      if (r?.control) {
+        return callApi<RunbookEvent>(`http://${hostPort(r.control.listen)}/v1/${what}`, { method: 'POST', body, token: this.#o.token, actor, timeoutMs: 10_000 });
+      }
+    }
+    return this.#serial(async () => {
+      let event: RunbookEvent;
+      try {
+        event = act();
+      } catch (err) {
+        this.#audit.append({ at: new Date().toISOString(), actor, action: `${what}-refused`, region: body.region, reason: (err as Error).message });
+        throw err;
+      }
+      this.#record(event, true);
+      await this.#enforce();
+      return event;
+    });
+  }
+
+  status(): ControllerStatus {
+    const obs = this.#lastObservation;
+    const c = this.#o.config.control;
+    return {
+      region: this.#o.region,
+      leader: this.#leader,
+      isLeader: this.#leader === this.#o.region,
+      at: new Date().toISOString(),
+      rpoSec: c.rpoSec,
+      rtoSec: c.rtoSec,
+      readinessLagSec: c.readinessLagSec,
+      regions: [...this.#runbook.regions.values()].map((r) => {
+        const o = obs?.regions.find((x) => x.name === r.name);
+        return {
+          name: r.name,
+          phase: r.phase,
+          since: new Date(r.since).toISOString(),
+          ...(r.drainedBy ? { drainedBy: r.drainedBy } : {}),
+          inRotation: inRotation(r),
+          votesUnhealthy: o?.votesUnhealthy ?? 0,
+          votesHealthy: o?.votesHealthy ?? 0,
+          dnsDrained: this.#dnsDrained(r.name),
+          ...(o?.lagFrom ? { lagFrom: Object.fromEntries(Object.entries(o.lagFrom).map(([k, v]) => [k, v.lagSec])) } : {}),
+          ...(r.failure ? { failure: isoTimes(r.failure) } : {}),
+        };
+      }),
+      events: this.#events.slice(-100).map((e) => ({ ...e, iso: new Date(e.at).toISOString() })),
+      vantagePoints: this.#o.config.regions
+        .filter((r) => r.dns)
+        .map((r) => {
+          const v = this.#dnsViews.get(r.name);
+          return { region: r.name, reachable: v !== undefined && !(v instanceof Error), ...(v instanceof Error ? { error: v.message } : {}) };
+        }),
+    };
+  }
+
+  #routes(): Route[] {
+    return [
+      { method: 'GET', path: '/v1/status', public: true, handler: () => ({ body: this.status() }) },
+      { method: 'GET', path: '/healthz', public: true, handler: () => ({ body: { status: 'ok', region: this.#o.region } }) },
+      { method: 'GET', path: '/status', public: true, handler: () => ({ body: statusPage(this.status()), contentType: 'text/html; charset=utf-8' }) },
+      { method: 'GET', path: '/v1/audit', handler: ({ url }) => ({ body: { entries: this.#audit.read(Number(url.searchParams.get('limit') ?? 200)) satisfies AuditEntry[] } }) },
+      { method: 'POST', path: '/v1/failover', handler: async ({ body, actor }) => ({ body: await this.failover(body as { region: string }, actor) }) },
+      { method: 'POST', path: '/v1/failback', handler: async ({ body, actor }) => ({ body: await this.failback(body as { region: string }, actor) }) },
+    ];
+  }
+}
+
+function hostPort(hp: { host: string; port: number }): string {
+  return hp.host.includes(':') ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
+}
+
+function isoTimes(f: object): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(f).map(([k, v]) => [k, typeof v === 'number' && k.endsWith('At') ? new Date(v).toISOString() : v]));
+}
+
+function flatten(d: Record<string, unknown> | undefined): Record<string, string> | undefined {
+  if (!d) return undefined;
+  return Object.fromEntries(Object.entries(d).filter(([, v]) => v !== undefined).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)]));
+}
