@@ -75,7 +75,7 @@ export interface CollectorOptions {
 }
 
 /** Kinds of source the collector polls. */
-export type SourceKind = 'controller' | 'audit' | 'dns' | 'dns-metrics' | 'agent' | 'app-metrics' | 'app-health' | 'lab' | 'database';
+export type SourceKind = 'controller' | 'audit' | 'dns' | 'dns-metrics' | 'agent' | 'agent-conflicts' | 'app-metrics' | 'app-health' | 'lab' | 'database';
 
 /** How one source answered lately. */
 export interface SourceView {
@@ -307,12 +307,16 @@ export class Collector extends BaseService {
         defs.push({ id: `dns:${r.name}`, kind: 'dns', region: r.name, url: `${base}/v1/state`, auth: true, everyTicks: 1 });
         defs.push({ id: `dns-metrics:${r.name}`, kind: 'dns-metrics', region: r.name, url: `${base}/metrics`, auth: false, everyTicks: 1, text: true });
       }
-      if (r.agent) defs.push({ id: `agent:${r.name}`, kind: 'agent', region: r.name, url: `http://${hp(r.agent.admin)}/v1/status`, auth: true, everyTicks: 1 });
+      if (r.agent) {
+        defs.push({ id: `agent:${r.name}`, kind: 'agent', region: r.name, url: `http://${hp(r.agent.admin)}/v1/status`, auth: true, everyTicks: 1 });
+        // Recent conflicts through the agent (it reads tandem.conflicts of its own region).
+        if (this.#o.readConflicts !== false) defs.push({ id: `agent-conflicts:${r.name}`, kind: 'agent-conflicts', region: r.name, url: `http://${hp(r.agent.admin)}/v1/conflicts?limit=20`, auth: true, everyTicks: slow });
+      }
       const appBase = r.app ? `http://${hp(r.app.listen)}` : new URL(r.healthUrl).origin;
       defs.push({ id: `app-metrics:${r.name}`, kind: 'app-metrics', region: r.name, url: `${appBase}/metrics`, auth: false, everyTicks: 1, text: true });
       defs.push({ id: `app-health:${r.name}`, kind: 'app-health', region: r.name, url: r.healthUrl, auth: false, everyTicks: slow });
-      // Read by a background task (recent conflicts), listed here so the page shows whether it answers.
-      if (this.#o.readConflicts !== false) defs.push({ id: `database:${r.name}`, kind: 'database', region: r.name, url: `postgresql://${hp(r.database)}/${r.database.database}`, auth: false, everyTicks: 0 });
+      // Without an agent, recent conflicts are read from the database by a background task (listed so the page shows whether it answers).
+      if (this.#o.readConflicts !== false && !r.agent) defs.push({ id: `database:${r.name}`, kind: 'database', region: r.name, url: `postgresql://${hp(r.database)}/${r.database.database}`, auth: false, everyTicks: 0 });
     }
     if (this.#o.lab && !this.#o.lab.status) defs.push({ id: 'lab', kind: 'lab', region: '', url: `${this.#o.lab.api}/v1/lab/status`, auth: false, everyTicks: 1 });
     return defs;
@@ -404,7 +408,7 @@ export class Collector extends BaseService {
     }
     if (tick % Math.max(1, Math.round(5_000 / this.#intervalMs)) === 0) {
       this.#backgroundTask('reports', async () => this.#scanReports());
-      if (this.#o.readConflicts !== false) for (const r of this.config.regions) this.#backgroundTask(`conflicts:${r.name}`, () => this.#readConflicts(r));
+      if (this.#o.readConflicts !== false) for (const r of this.config.regions) if (!r.agent) this.#backgroundTask(`conflicts:${r.name}`, () => this.#readConflicts(r));
     }
     const now = Date.now();
     const snapshot = this.#compose(now);
@@ -516,6 +520,11 @@ export class Collector extends BaseService {
       case 'agent':
         this.#agents.set(d.region, parseAgentStatus(body));
         return;
+      case 'agent-conflicts': {
+        const rows = Array.isArray(body) ? body : Array.isArray((body as { conflicts?: unknown })?.conflicts) ? (body as { conflicts: unknown[] }).conflicts : [];
+        this.#conflicts.set(d.region, rows.flatMap((x) => parseConflictRow(x, d.region) ?? []));
+        return;
+      }
       case 'app-metrics': {
         const byStatus = sumBy(parseExposition(String(body)).samples, 'tandem_http_requests_total', 'status');
         let all = 0;
@@ -708,7 +717,7 @@ export class Collector extends BaseService {
     const views = new Map([...this.#dns].map(([k, v]) => [k, v.regions]));
     const geo = geographySnapshot(this.config, views);
     const conflicts = this.config.regions
-      .flatMap((r) => this.#agents.get(r.name)?.conflicts ?? this.#conflicts.get(r.name) ?? [])
+      .flatMap((r) => this.#conflicts.get(r.name) ?? [])
       .sort((a, b) => (b.at ?? '').localeCompare(a.at ?? ''))
       .slice(0, 50);
     const lab = this.#lab;
@@ -816,7 +825,6 @@ export class Collector extends BaseService {
   }
 
   async #readConflicts(r: RegionConfig): Promise<void> {
-    if (this.#agents.get(r.name)?.conflicts) return;
     const id = `database:${r.name}`;
     const st = this.#state.get(id) ?? { up: undefined };
     this.#state.set(id, st);

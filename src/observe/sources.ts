@@ -143,8 +143,9 @@ function sumConflicts(v: unknown): number | undefined {
   if (num(v) !== undefined) return num(v);
   if (isObj(v)) {
     if (num(v.total) !== undefined) return num(v.total);
-    let t: number | undefined;
-    for (const x of Object.values(v)) if (num(x) !== undefined) t = (t ?? 0) + num(x)!;
+    // Counts by kind; an empty object means none yet.
+    let t = 0;
+    for (const x of Object.values(v)) if (num(x) !== undefined) t += num(x)!;
     return t;
   }
   return undefined;
@@ -218,7 +219,15 @@ export function parseAgentStatus(body: unknown): AgentStatus {
     paused.push(...pausedList(pick(p, ['pausedTables', 'paused']), peer));
     return [out];
   });
-  const status: AgentStatus = { region, peers, paused };
+  // The agent lists paused tables per peer and again at the top: keep each once.
+  const seen = new Set<string>();
+  const unique = paused.filter((x) => {
+    const k = `${x.peer ?? '*'}/${x.table}`;
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+  const status: AgentStatus = { region, peers, paused: unique };
   const recent = pick(body, ['recentConflicts', 'conflicts.recent']);
   if (Array.isArray(recent) && region) status.conflicts = recent.flatMap((x) => parseConflictRow(x, region) ?? []);
   return status;
