@@ -904,24 +904,31 @@ export class Collector extends BaseService {
   }
 }
 
-/** The headline of a drill report, read defensively (the drill part owns its format). */
+/**
+ * The headline of a drill report (src/drill/report.ts `DrillReport`: scenario,
+ * failedRegion, startedAt, passed, results.rtoSec, results.rpo.rpoSec and
+ * .missing), read defensively so a report of another version still lists.
+ */
 export function summariseReport(doc: unknown, id: string): Pick<ReportView, 'title' | 'at' | 'outcome' | 'figures'> {
   const o = (doc ?? {}) as Record<string, unknown>;
   const s = (v: unknown) => (typeof v === 'string' && v ? v : undefined);
   const get = (p: string): unknown => p.split('.').reduce<unknown>((cur, k) => (cur && typeof cur === 'object' ? (cur as Record<string, unknown>)[k] : undefined), o);
   const first = (...paths: string[]) => paths.map(get).find((v) => v !== undefined && v !== null);
-  const title = s(first('title', 'scenario', 'name', 'drill')) ?? id;
+  const scenario = s(first('scenario', 'title', 'name', 'drill'));
+  const target = s(first('failedRegion')) ?? (Array.isArray(o.partition) ? o.partition.join(' | ') : undefined);
+  const title = scenario ? `${scenario}${target ? ` (${target})` : ''}` : id;
   const at = s(first('startedAt', 'at', 'started', 'finishedAt'));
-  const verdict = first('outcome', 'verdict', 'result', 'passed', 'ok', 'summary.passed');
+  const verdict = first('passed', 'outcome', 'verdict', 'result', 'ok');
   const outcome = typeof verdict === 'boolean' ? (verdict ? 'pass' : 'fail') : s(verdict);
   const figures: Record<string, string> = {};
   const fig = (label: string, unit: string, ...paths: string[]) => {
     const v = first(...paths);
-    if (typeof v === 'number' && Number.isFinite(v)) figures[label] = `${Math.round(v * 10) / 10} ${unit}`;
+    if (typeof v === 'number' && Number.isFinite(v)) figures[label] = `${Math.round(v * 10) / 10}${unit ? ` ${unit}` : ''}`;
   };
-  fig('RTO', 's', 'rtoSec', 'rto.sec', 'rto.seconds', 'rto.measuredSec', 'summary.rtoSec', 'measured.rtoSec');
-  fig('RPO', 's', 'rpoSec', 'rpo.sec', 'rpo.seconds', 'rpo.measuredSec', 'summary.rpoSec', 'measured.rpoSec');
-  fig('lost writes', '', 'lostWrites', 'rpo.lostWrites', 'summary.lostWrites', 'checker.lost');
+  fig('RTO', 's', 'results.rtoSec', 'rtoSec', 'rto.measuredSec', 'rto.sec');
+  fig('RPO', 's', 'results.rpo.rpoSec', 'rpoSec', 'rpo.measuredSec', 'rpo.sec');
+  const missing = first('results.rpo.missing');
+  if (Array.isArray(missing)) figures['lost writes'] = String(missing.length);
   return { title, ...(at ? { at } : {}), ...(outcome ? { outcome } : {}), figures };
 }
 

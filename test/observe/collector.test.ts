@@ -276,9 +276,9 @@ test('lab actions need a lab; reports are listed and served inside their folder 
     (err: unknown) => isTandemError(err, 'TANDEM_ERR_LAB'),
   );
   const r = await waitFor('report listed', () => snap().reports.find((x) => x.id === 'drill-1'));
-  assert.equal(r.title, 'failover aws-south');
+  assert.equal(r.title, 'failover (aws-south)');
   assert.equal(r.outcome, 'pass');
-  assert.deepEqual(r.figures, { RTO: '12.3 s', RPO: '0.8 s' });
+  assert.deepEqual(r.figures, { RTO: '12.3 s', RPO: '0 s', 'lost writes': '0' });
   assert.equal(r.links.html, '/reports/drill-1/report.html');
   const html = await fetch(`${base}${r.links.html}`);
   assert.equal(html.status, 200);

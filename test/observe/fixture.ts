@@ -137,7 +137,8 @@ export async function startFixture(opts: { pollIntervalMs?: number } = {}): Prom
     mkdirSync(path.join(reports, 'drill-1'), { recursive: true });
     writeFileSync(
       path.join(reports, 'drill-1', 'report.json'),
-      JSON.stringify({ scenario: 'failover aws-south', startedAt: '2026-01-01T00:00:00.000Z', passed: true, rto: { measuredSec: 12.34 }, rpo: { measuredSec: 0.8 } }),
+      // The fields of src/drill/report.ts DrillReport that the dashboard lists.
+      JSON.stringify({ id: 'drill-1', scenario: 'failover', failedRegion: 'aws-south', startedAt: '2026-01-01T00:00:00.000Z', passed: true, results: { rtoSec: 12.34, rpo: { candidates: 40, missing: [], rpoSec: 0 } } }),
     );
     writeFileSync(path.join(reports, 'drill-1', 'report.html'), '<!doctype html><title>drill</title><h1>drill report</h1>');
     writeFileSync(path.join(dir, 'secret.txt'), 'not for the dashboard');
