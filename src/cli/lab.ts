@@ -153,7 +153,6 @@ async function upDetached(opts: { dir: string; regions: number; fresh?: boolean;
   const logFile = path.join(dir, 'logs', 'supervisor.log');
   const fd = openSync(logFile, 'a');
   const args = [process.argv[1]!, 'lab', 'up', '--dir', dir, '--regions', String(opts.regions), '--supervised', ...(opts.traffic ? [] : ['--no-traffic'])];
-  if (opts.fresh) args.push('--fresh');
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd], env: process.env });
   closeSync(fd);
   child.unref();

@@ -71,3 +71,17 @@ export const pgConnection = z
   })
   .strict();
 export type PgConnectionConfig = z.output<typeof pgConnection>;
+
+/** Overrides of a connection for processes inside the region: only what is given replaces (no defaults). */
+export const pgConnectionOverride = z
+  .object({
+    host: z.string().min(1),
+    port: z.number().int().min(1).max(65535),
+    database: z.string().min(1),
+    user: z.string().min(1),
+    password: secretRef,
+    ssl: pgSsl,
+    connectTimeoutSec: sec,
+  })
+  .partial()
+  .strict();

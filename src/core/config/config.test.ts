@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseConfig, loadConfig, formatPath, type ConfigInput } from './index.ts';
+import { parseConfig, loadConfig, formatPath, localDatabase, type ConfigInput } from './index.ts';
 import { isTandemError } from '../errors.ts';
 
 const minimal = (): ConfigInput => ({
@@ -59,4 +59,15 @@ test('YAML syntax errors name the line', () => {
 
 test('formatPath quotes keys that are not identifiers', () => {
   assert.equal(formatPath(['a', 0, 'b c', 'd']), 'a[0]["b c"].d');
+});
+
+test('localDatabase overrides only what it names', () => {
+  const c = minimal();
+  c.regions[0]!.database = { host: '127.0.1.1', port: 15433, user: 'postgres', database: 'shop' };
+  (c.regions[0] as Record<string, unknown>).localDatabase = { port: 15432 };
+  const cfg = parseConfig(c);
+  const local = localDatabase(cfg.regions[0]!);
+  assert.equal(local.port, 15432);
+  assert.equal(local.user, 'postgres');
+  assert.equal(local.database, 'shop');
 });

@@ -2,7 +2,7 @@
  * `regions[]`: the places the application runs. Nothing in tandem assumes two.
  */
 import { z } from 'zod';
-import { hostPort, ipAddress, pgConnection } from './common.ts';
+import { hostPort, ipAddress, pgConnection, pgConnectionOverride } from './common.ts';
 
 /** Region names are DNS-label-like so they fit in metric labels, slot names and file names. */
 export const regionName = z
@@ -23,7 +23,7 @@ export const region = z
     /** This region's PostgreSQL as peers reach it (replication streams from here). */
     database: pgConnection,
     /** The same database as processes inside the region reach it; defaults to `database`. */
-    localDatabase: pgConnection.partial().optional(),
+    localDatabase: pgConnectionOverride.optional(),
     /**
      * Source address for this region's outgoing cross-region connections. Only
      * the lab needs it (its WAN emulator tells links apart by source address).
