@@ -16,6 +16,7 @@ import { createAppPool } from '../app/db.ts';
 import { Kit } from '../app/kit.ts';
 import { AppServer } from '../app/server.ts';
 import type { LagSource } from '../app/health.ts';
+import { readLag } from '../replication/status.ts';
 import { shopRoutes } from './routes.ts';
 import { migrateDatabase } from './schema.ts';
 
@@ -39,6 +40,10 @@ export interface ShopServiceOptions {
   /** Override of the purge interval (tests). */
   purgeIntervalMs?: number;
 }
+
+/** Lag per peer from the replication part's `readLag` (from `tandem.replication_status`; none when replication is not set up). */
+export const replicationLag: LagSource = async (db) =>
+  (await readLag(db)).map((l) => ({ peer: l.peer, lagSec: Math.round(l.lagSec * 1000) / 1000 }));
 
 /** Read `app.sessionKeys` (secret references) into their values. */
 export function sessionSecrets(config: Config): string[] {
@@ -90,7 +95,7 @@ export class ShopService extends BaseService {
       logger,
       registry: this.registry,
       sessionSecrets: sessionSecrets(config),
-      lagSource: opts.lagSource,
+      lagSource: opts.lagSource ?? replicationLag,
       lagWarnSec: config.replication.lagWarnSec,
       routes: shopRoutes(),
       metricsText: opts.metricsText,

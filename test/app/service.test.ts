@@ -14,6 +14,7 @@ import { setFence } from '../../src/app/fence.ts';
 import { SessionKeyring, keyId } from '../../src/app/session.ts';
 import { entityId } from '../../src/app/idempotency.ts';
 import { REPLICATED_TABLES } from '../../src/service/schema.ts';
+import { SCHEMA_DDL } from '../../src/replication/schema.ts';
 import { captureLogger, metricValue, parseMetrics, request, sfKey, testConfig, SESSION_KEY_A, SESSION_KEY_B, type Res } from './helpers.ts';
 
 let cluster: TestCluster;
@@ -433,10 +434,11 @@ describe('health and metrics', () => {
     assert.equal(typeof h.json.checks.database.latencyMs, 'number');
     assert.deepEqual(h.json.checks.replication.peers, []);
     assert.equal(h.json.checks.draining, false);
-    await db.query('CREATE SCHEMA IF NOT EXISTS tandem');
-    await db.query('CREATE TABLE tandem.replication_status (peer text PRIMARY KEY, source_commit_ts timestamptz)');
+    // The replication part's own bookkeeping tables, as its setup creates them (readLag reads them).
+    for (const ddl of SCHEMA_DDL) await db.query(ddl);
     try {
-      await db.query(`INSERT INTO tandem.replication_status VALUES ('r2', now() - interval '2 seconds'), ('r3', now() - interval '10 minutes')`);
+      await db.query(`INSERT INTO tandem.node (region) VALUES ('r1')`);
+      await db.query(`INSERT INTO tandem.replication_status (peer, source_commit_ts) VALUES ('r2', now() - interval '2 seconds'), ('r3', now() - interval '10 minutes')`);
       const lag = await request(base, 'GET', '/healthz');
       assert.equal(lag.status, 200, 'lag never makes /healthz 503');
       assert.equal(lag.json.status, 'degraded', 'r3 lags beyond replication.lagWarnSec');
