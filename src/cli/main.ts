@@ -23,6 +23,7 @@ const registrations: Array<() => Promise<{ register(program: Command): void }>> 
   () => import('./app.ts'),
   () => import('./control.ts'),
   () => import('./lab.ts'),
+  () => import('./drill.ts'),
   () => import('./dashboard.ts'),
 ];
 

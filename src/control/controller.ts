@@ -87,6 +87,9 @@ export class Controller extends BaseService {
   #dnsViews = new Map<string, DnsStateView | Error>();
   #leader: string | undefined;
   #wasLeading = false;
+  /** DNS servers that answered at least once. */
+  #answered = new Set<string>();
+  readonly #startedAt = Date.now();
   #synced = false;
   /** Undrains that did not reach every DNS server yet. */
   #pendingUndrain = new Set<string>();
@@ -143,6 +146,12 @@ export class Controller extends BaseService {
     await this.#loop?.catch(() => {});
     await this.#notifier.flush();
     await this.#api?.stop();
+  }
+
+  /** How long a never-seen vantage point is not counted: long enough for every daemon to start and probe. */
+  get #startupGraceMs(): number {
+    const h = this.#o.config.health;
+    return h.intervalMs * (h.failThreshold + 1) + 5_000;
   }
 
   get #tickMs(): number {
@@ -202,9 +211,12 @@ export class Controller extends BaseService {
       let unhealthySince: number | undefined;
       for (const [vantage, view] of this.#dnsViews) {
         if (view instanceof Error) {
-          if (vantage === target.name) votesUnhealthy++;
+          // A region's own DNS server not answering is a vote against the region, once it has
+          // answered before or the start-up grace is over (daemons start in any order).
+          if (vantage === target.name && (this.#answered.has(vantage) || Date.now() - this.#startedAt > this.#startupGraceMs)) votesUnhealthy++;
           continue;
         }
+        this.#answered.add(vantage);
         const h = view.regions.find((x) => x.name === target.name)?.health;
         if (!h) continue;
         if (h.state === 'unhealthy') {
