@@ -38,6 +38,7 @@ export function register(program: Command): void {
     .option('--settle <sec>', 'traffic after recovery', intOption('--settle', 0), 5)
     .option('--json <file>', 'write the JSON report to this file')
     .option('--report-dir <dir>', 'where report.json, report.md and report.html go (default <lab>/reports/<id>)')
+    .option('--allow-remote', 'let the synthetic clients reach addresses outside loopback (drills against a real deployment)')
     .addOption(new Option('--quiet', 'no progress lines').default(false))
     .action(async (scenario: string, o, cmd: Command) => {
       const { Drill, SCENARIOS, labGeos } = await import('../drill/drill.ts');
@@ -86,6 +87,7 @@ export function register(program: Command): void {
         warmupSec: o.warmup,
         holdSec: o.hold ?? (scenario === 'partition' || scenario === 'wan-degradation' ? 20 : 5),
         settleSec: o.settle,
+        allowRemote: Boolean(o.allowRemote),
         token: adminToken(config),
         logger: createLogger({ name: 'drill', level: 'warn', destination: process.stderr }),
         onProgress: progress,

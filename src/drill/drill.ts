@@ -7,6 +7,7 @@
  * regions, every acknowledged write present exactly once).
  */
 import { spawn } from 'node:child_process';
+import { setMaxListeners } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import type { Config, RegionConfig } from '../core/config/index.ts';
@@ -52,6 +53,8 @@ export interface DrillOptions {
   holdSec: number;
   /** Traffic after the recovery. */
   settleSec: number;
+  /** Let clients reach non-loopback addresses (a drill against a real deployment). */
+  allowRemote?: boolean;
   /** The WAN shape for `wan-degradation`. */
   degradation?: Partial<LinkShape>;
   token: string | undefined;
@@ -276,6 +279,8 @@ export class Drill {
     this.#startedAt = Date.now();
     this.#watcher.start();
     const loadAc = new AbortController();
+    // Every request in flight listens on this signal; there are more than the default ten.
+    setMaxListeners(0, loadAc.signal);
     const onAbort = () => loadAc.abort(o.signal?.reason);
     o.signal?.addEventListener('abort', onAbort, { once: true });
     let load: ReturnType<typeof runLoad> | undefined;
@@ -295,6 +300,7 @@ export class Drill {
         maxAttempts: 20,
         retryDelayMs: 250,
         onRecord: (r) => this.#records.push(r),
+        loopbackOnly: !o.allowRemote,
       });
       load.catch(() => {});
       this.#mark('traffic started', `${o.geos.length} geographies × ${o.ratePerSec} operations/s`);
