@@ -64,13 +64,14 @@
   }
 
   // ---------- messages and the token ----------
-  function message(text, isError) {
+  function message(text, isError, extra) {
     const m = document.getElementById('message');
-    m.textContent = text;
+    m.replaceChildren(text, ...(extra ? [' ', extra] : []));
     m.className = isError ? 'error' : '';
+    m.setAttribute('data-state', isError ? 'error' : /…$/.test(text) ? 'busy' : 'done');
     m.hidden = false;
     clearTimeout(message.timer);
-    message.timer = setTimeout(() => (m.hidden = true), isError ? 12000 : 5000);
+    message.timer = setTimeout(() => (m.hidden = true), extra ? 30000 : isError ? 12000 : 5000);
   }
   function authHeaders() {
     return state.token ? { authorization: `Bearer ${state.token}` } : {};
@@ -133,7 +134,12 @@
         return;
       }
       if (!res.ok) {
-        message(`${label} failed: ${out.error || res.status}${out.code ? ` [${out.code}]` : ''}`, true);
+        // The RPO gate refused: the operator may accept the loss explicitly (the controller audits the force).
+        const retry =
+          out.code === 'TANDEM_ERR_RPO' && body && !body.force
+            ? el('button', { type: 'button', class: 'act', 'data-action': `force:${path}`, onclick: () => act(path, { ...body, force: true }, `${label} (forced)`) }, 'Do it anyway (accept the loss)')
+            : undefined;
+        message(`${label} failed: ${out.error || res.status}${out.code ? ` [${out.code}]` : ''}`, true, retry);
         return;
       }
       message(`${label}: done${out.message ? ` — ${out.message}` : ''}`);
