@@ -20,6 +20,7 @@ const registrations: Array<() => Promise<{ register(program: Command): void }>> 
   // One line per part; keep in DESIGN.md order.
   () => import('./dns.ts'),
   () => import('./replicate.ts'),
+  () => import('./verify.ts'),
   () => import('./app.ts'),
   () => import('./control.ts'),
   () => import('./lab.ts'),
