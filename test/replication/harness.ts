@@ -15,6 +15,8 @@ import { createLogger, silentLogger, type Logger } from '../../src/core/log.ts';
 import { sleep } from '../../src/core/lifecycle.ts';
 import { ReplicationAgent } from '../../src/replication/agent.ts';
 import { setupReplication } from '../../src/replication/setup.ts';
+import { WanProxy, WanState } from '../../src/lab/wan.ts';
+import { freePort } from '../helpers/ports.ts';
 
 export const PASSWORD_ENV = 'TANDEM_TEST_PG_PASSWORD';
 process.env[PASSWORD_ENV] = TEST_PG_PASSWORD;
@@ -36,6 +38,12 @@ export interface Bed {
   stopAgent(i: number): Promise<void>;
   /** Reconnect the app session of region i (after a server restart). */
   reconnect(i: number): Promise<void>;
+  /** The WAN links between regions (when started with `wan`). */
+  wan?: WanState;
+  /** Cut region i off from every other region (or heal it). */
+  isolate(i: number): void;
+  partition(i: number, j: number): void;
+  heal(): void;
   close(): Promise<void>;
 }
 
@@ -48,19 +56,40 @@ export interface BedOptions {
   replication?: Partial<NonNullable<ConfigInput['replication']>>;
   /** Ports for the agents' status APIs (index → port); none by default. */
   agentPorts?: number[];
+  /** Files written into the bed's directory before anything starts (e.g. a custom resolver module; config paths are relative to it). */
+  files?: Record<string, string>;
+  /** Route cross-region connections through WAN proxies (so links can be partitioned); one-way latency in ms. */
+  wan?: { latencyMs: number };
 }
 
 /** Start servers, write the config, create tables and run setup. */
 export async function startBed(o: BedOptions): Promise<Bed> {
   const cluster = await startCluster(o.regions);
   const dir = mkdtempSync(path.join(tmpdir(), 'tandem-repl-'));
+  for (const [name, text] of Object.entries(o.files ?? {})) writeFileSync(path.join(dir, name), text);
   const regions = REGION_NAMES.slice(0, o.regions);
+  let wan: WanState | undefined;
+  const proxies: WanProxy[] = [];
+  const proxyPorts: number[] = [];
+  if (o.wan) {
+    wan = new WanState();
+    wan.setShape({ latencyMs: o.wan.latencyMs, jitterMs: 0 });
+    const byAddress = new Map(cluster.servers.map((s, i) => [s.options.host, regions[i]!]));
+    for (const [i, s] of cluster.servers.entries()) {
+      const port = await freePort(s.options.host);
+      const proxy = new WanProxy({ region: regions[i]!, listen: { host: s.options.host, port }, upstream: { host: s.options.host, port: s.options.port }, state: wan, regionOf: (a) => byAddress.get(a.replace(/^::ffff:/, '')) });
+      await proxy.start();
+      proxies.push(proxy);
+      proxyPorts.push(port);
+    }
+  }
   const input: ConfigInput = {
     regions: cluster.servers.map((s, i) => ({
       name: regions[i]!,
       addresses: [s.options.host],
       healthUrl: `http://${s.options.host}:8080/healthz`,
-      database: { host: s.options.host, port: s.options.port, database: 'tandem', user: 'postgres', password: { env: PASSWORD_ENV } },
+      database: { host: s.options.host, port: proxyPorts[i] ?? s.options.port, database: 'tandem', user: 'postgres', password: { env: PASSWORD_ENV } },
+      ...(o.wan ? { localDatabase: { port: s.options.port } } : {}),
       bindAddress: s.options.host,
       ...(o.agentPorts?.[i] ? { agent: { admin: `${s.options.host}:${o.agentPorts[i]}` } } : {}),
     })),
@@ -87,6 +116,16 @@ export async function startBed(o: BedOptions): Promise<Bed> {
     db,
     agents: regions.map(() => undefined),
     logger,
+    ...(wan ? { wan } : {}),
+    isolate(i) {
+      for (let j = 0; j < regions.length; j++) if (j !== i) wan!.partition(regions[i]!, regions[j]!);
+    },
+    partition(i, j) {
+      wan!.partition(regions[i]!, regions[j]!);
+    },
+    heal() {
+      wan!.heal();
+    },
     async startAgent(i, extra = {}) {
       const a = new ReplicationAgent({
         config,
@@ -96,6 +135,7 @@ export async function startBed(o: BedOptions): Promise<Bed> {
         backoff: { minMs: 100, maxMs: 1_000 },
         recheckIntervalMs: 300,
         stream: { statusIntervalMs: 1_000, receiveTimeoutMs: 10_000 },
+        baseDir: dir,
         ...extra,
       });
       await a.start();
@@ -113,8 +153,10 @@ export async function startBed(o: BedOptions): Promise<Bed> {
       db[i] = c;
     },
     async close() {
+      wan?.heal();
       await Promise.all(bed.agents.map((a) => a?.stop().catch(() => {})));
       await Promise.all(db.map((c) => c.end().catch(() => {})));
+      await Promise.all(proxies.map((p) => p.stop().catch(() => {})));
       await cluster.stop();
       rmSync(dir, { recursive: true, force: true });
     },
@@ -182,4 +224,30 @@ export async function killChild(child: ChildProcess, signal: NodeJS.Signals = 'S
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   child.kill(signal);
   await exited;
+}
+
+/**
+ * Wait until every running agent has durably applied everything each of its
+ * peers had written when this was called (heartbeats move progress along, so
+ * this also works when the last change was long ago).
+ */
+export async function waitCaughtUp(bed: Bed, timeoutMs = 30_000): Promise<void> {
+  const { parseLsn } = await import('../../src/replication/protocol.ts');
+  const lsns = await Promise.all(bed.db.map(async (c) => parseLsn((await c.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l)));
+  await waitFor(
+    'every pipeline to catch up',
+    async () => {
+      for (const [t, agent] of bed.agents.entries()) {
+        if (!agent) continue;
+        for (const p of agent.status().peers) {
+          const s = bed.regions.indexOf(p.peer);
+          if (parseLsn(p.appliedLsn) < lsns[s]!) return false;
+        }
+        void t;
+      }
+      return true;
+    },
+    timeoutMs,
+    100,
+  );
 }
