@@ -391,6 +391,30 @@ describe('Applier', () => {
     assert.equal((await user.query('SELECT a FROM drifty WHERE id = 2')).rows[0].a, 'zz');
   });
 
+  test('a column only this region has (a migration that got here first) takes its default, and updates keep it', async () => {
+    await user.query(`CREATE TABLE wider (id int PRIMARY KEY, a text)`);
+    const W = parseTableName('public.wider');
+    const a = new Applier({ db, localRegion: 'b', peer: 'a', tables: new Set([...ALL, W].map(tableKey)), policyFor: () => ({ kind: 'lww' }), logger: silentLogger() });
+    await a.init();
+    const src = await relation(W, 99); // the source's shape, before the migration
+    await user.query(`ALTER TABLE wider ADD COLUMN added text NOT NULL DEFAULT 'dflt'`);
+    await a.refreshTargets();
+    const t0 = nowUs();
+    const st = await a.apply(batch([ins(src, ['1', 'x'], V(t0))]));
+    assert.equal(st.parked, 0, 'not drift: nothing the source sent is lost');
+    await user.query(`UPDATE wider SET added = 'local' WHERE id = 1`);
+    await a.apply(batch([upd(src, ['1', 'y'], V(nowUs() + 1_000_000n))]));
+    assert.deepEqual((await user.query('SELECT * FROM wider')).rows, [{ id: 1, a: 'y', added: 'local' }]);
+    // A NOT NULL column without a default cannot be filled: that is drift.
+    await user.query(`ALTER TABLE wider ADD COLUMN strict int NOT NULL DEFAULT 0`);
+    await user.query(`ALTER TABLE wider ALTER COLUMN strict DROP DEFAULT`);
+    await a.refreshTargets();
+    const st2 = await a.apply(batch([ins(src, ['2', 'z'], V(nowUs()))]));
+    assert.equal(st2.parked, 1);
+    assert.match(a.paused[0]!.reason, /"strict" exists in this region \(NOT NULL, no default\)/);
+    await user.query(`DELETE FROM tandem.parked WHERE relname = $1`, [tableKey(W)]);
+  });
+
   test('parked state survives a restart of the applier', async () => {
     await user.query(`CREATE TABLE later (id int PRIMARY KEY)`);
     const L = parseTableName('public.later');

@@ -132,6 +132,16 @@ export interface ApplierOptions {
   beforeWrite?(table: string, attempt: number): Promise<void>;
 }
 
+/**
+ * A value for a column only this region has (the source does not know it):
+ * an update leaves it alone, an insert lets it take its default.
+ */
+const NOT_SENT: unique symbol = Symbol('tandem.notSent');
+/** A column value inside the applier: a tuple value or NOT_SENT. */
+type Value = TupleValue | typeof NOT_SENT;
+/** Keep the stored value: unchanged TOAST, or not sent at all. */
+const keepsLocal = (v: Value | undefined) => v === UNCHANGED_TOAST || v === NOT_SENT;
+
 /** SQL: a timestamptz as Unix microseconds (text, exact). */
 const tsUs = (expr: string) => `(extract(epoch from ${expr}) * 1000000)::int8::text`;
 
@@ -184,8 +194,8 @@ interface KeyEntry {
   key: string[];
   keyId: string;
   op: 'insert' | 'update' | 'delete';
-  /** Values in target column order (undefined for deletes); UNCHANGED_TOAST where still unknown. */
-  values?: TupleValue[];
+  /** Values in target column order (undefined for deletes); UNCHANGED_TOAST where still unknown, NOT_SENT for columns only this region has. */
+  values?: Value[];
   version: Version;
   lsn: bigint;
   /** Key-changing update: where to take still-unknown TOAST values from (the old key, raw texts). */
@@ -193,7 +203,7 @@ interface KeyEntry {
   /** region-priority: keys whose write inherited the priority rank at the source. */
   priorityKeys?: ReadonlySet<string>;
   /** Superseded changes of this key in the batch with a lower version (recorded as conflicts). */
-  stale: Array<{ op: 'insert' | 'update' | 'delete'; version: Version; lsn: bigint; values?: TupleValue[] }>;
+  stale: Array<{ op: 'insert' | 'update' | 'delete'; version: Version; lsn: bigint; values?: Value[] }>;
 }
 
 interface LocalInfo {
@@ -208,8 +218,8 @@ interface LocalInfo {
 /** The per-table write plan, gathered from decisions. */
 interface WritePlan {
   deletes: KeyEntry[];
-  updates: Array<{ e: KeyEntry; values: TupleValue[] }>;
-  inserts: Array<{ e: KeyEntry; values: TupleValue[] }>;
+  updates: Array<{ e: KeyEntry; values: Value[] }>;
+  inserts: Array<{ e: KeyEntry; values: Value[] }>;
   versions: Array<{ pk: string[]; version: Version; deleted: boolean; hasEntry: boolean }>;
 
   conflicts: ConflictRecord[];
@@ -702,7 +712,7 @@ export class Applier {
     const chains = new Map<string, Array<Omit<KeyEntry, 'stale'>>>();
     const order: string[] = [];
     /** Latest known values per key in this batch (target column order), for unchanged TOAST. */
-    const lastValues = new Map<string, TupleValue[]>();
+    const lastValues = new Map<string, Value[]>();
     const push = (e: Omit<KeyEntry, 'stale'>) => {
       let chain = chains.get(e.keyId);
       if (!chain) {
@@ -858,7 +868,7 @@ export class Applier {
     for (let i = 0; i < n; i++) {
       const e = entries[i]!;
       const li = info[i]!;
-      const complete = e.values ? !e.values.includes(UNCHANGED_TOAST) : true;
+      const complete = e.values ? !e.values.includes(UNCHANGED_TOAST) : true; // NOT_SENT columns take their default
       const d = decide({ op: e.op, version: e.version, complete }, li.state, policy);
       decisions[i] = d;
       const localV = li.state.kind === 'absent' ? undefined : li.state.version;
@@ -956,11 +966,13 @@ export class Applier {
     const kc = t.keyColumns;
     const cols = t.columns;
     // Canonical text of both sides, computed in this session, so every region hands the resolver identical input.
-    const remoteArrays = cols.map((_, j) => merges.map((i) => {
-      const v = entries[i]!.values![j];
-      return v === UNCHANGED_TOAST || v === undefined ? null : (v as string | null);
-    }));
-    const unchanged = cols.map((_, j) => merges.map((i) => entries[i]!.values![j] === UNCHANGED_TOAST));
+    const remoteArrays = cols.map((_, j) =>
+      merges.map((i) => {
+        const v = entries[i]!.values![j];
+        return keepsLocal(v) || v === undefined ? null : (v as string | null);
+      }),
+    );
+    const unchanged = cols.map((_, j) => merges.map((i) => keepsLocal(entries[i]!.values![j])));
     const base = 2 + kc.length;
     const { rows } = await this.#o.db.query<{ i: number; l: (string | null)[]; r: (string | null)[] }>(
       this.#named(`SELECT k.i,
@@ -986,7 +998,7 @@ export class Applier {
       } catch (err) {
         throw new TandemError('TANDEM_ERR_REPLICATION', `custom resolver ${policy.name} failed for ${table}: ${(err as Error).message}`, { cause: err });
       }
-      const values: TupleValue[] = names.map((nm) => merged.row[nm] ?? null);
+      const values: Value[] = names.map((nm) => merged.row[nm] ?? null);
       plan.updates.push({ e, values });
       plan.versions.push({ pk: li.pk, version: merged.version, deleted: false, hasEntry: li.hasEntry });
     }
@@ -1022,11 +1034,12 @@ export class Applier {
       cols.forEach((c, j) => {
         if (keyIdx.has(j)) return;
         const vals = plan.updates.map((u) => u.values[j]);
-        const anyU = vals.some((v) => v === UNCHANGED_TOAST);
-        args.push(p(vals.map((v) => (v === UNCHANGED_TOAST ? null : (v as string | null))), 'text[]'));
+        if (vals.every((v) => v === NOT_SENT)) return; // a column only this region has
+        const anyU = vals.some(keepsLocal);
+        args.push(p(vals.map((v) => (keepsLocal(v) ? null : (v as string | null))), 'text[]'));
         names.push(`c${j}`);
         if (anyU) {
-          args.push(p(vals.map((v) => v === UNCHANGED_TOAST), 'bool[]'));
+          args.push(p(vals.map(keepsLocal), 'bool[]'));
           names.push(`u${j}`);
           sets.push(`${quoteIdent(c.name)} = CASE WHEN k.u${j} THEN t.${quoteIdent(c.name)} ELSE (k.c${j})::${c.castType} END`);
         } else {
@@ -1043,14 +1056,27 @@ export class Applier {
       expect.u = plan.updates.length;
     }
     if (plan.inserts.length > 0) {
-      const args = cols.map((_, j) => p(plan.inserts.map((x) => x.values[j] as string | null), 'text[]'));
-      ctes.push(
-        `i AS (INSERT INTO ${t.quoted} (${cols.map((c) => quoteIdent(c.name)).join(', ')})
-           SELECT ${cols.map((c, j) => `(k.c${j})::${c.castType}`).join(', ')} FROM unnest(${args.join(', ')}) AS k(${cols.map((_, j) => `c${j}`).join(', ')})
-           ON CONFLICT (${kc.map((c) => quoteIdent(c.name)).join(', ')}) DO NOTHING RETURNING 1)`,
-      );
-      counts.push('(SELECT count(*) FROM i)::int AS i');
-      expect.i = plan.inserts.length;
+      // Columns the source did not send take their default: one INSERT per set of sent columns (usually one).
+      const groups = new Map<string, Array<{ values: Value[] }>>();
+      for (const x of plan.inserts) {
+        const sig = x.values.map((v) => (v === NOT_SENT ? '0' : '1')).join('');
+        let g = groups.get(sig);
+        if (!g) groups.set(sig, (g = []));
+        g.push(x);
+      }
+      let gi = 0;
+      for (const [sig, rows] of groups) {
+        const sent = cols.map((c, j) => ({ c, j })).filter(({ j }) => sig[j] === '1');
+        const args = sent.map(({ j }) => p(rows.map((x) => x.values[j] as string | null), 'text[]'));
+        const name = `i${gi++}`;
+        ctes.push(
+          `${name} AS (INSERT INTO ${t.quoted} (${sent.map(({ c }) => quoteIdent(c.name)).join(', ')})
+             SELECT ${sent.map(({ c, j }) => `(k.c${j})::${c.castType}`).join(', ')} FROM unnest(${args.join(', ')}) AS k(${sent.map(({ j }) => `c${j}`).join(', ')})
+             ON CONFLICT (${kc.map((c) => quoteIdent(c.name)).join(', ')}) DO NOTHING RETURNING 1)`,
+        );
+        counts.push(`(SELECT count(*) FROM ${name})::int AS ${name}`);
+        expect[name] = rows.length;
+      }
     }
     const rel = plan.versions.length + plan.conflicts.length > 0 ? p(table, 'text') : '';
     const upd = plan.versions.filter((v) => v.hasEntry);
@@ -1133,18 +1159,16 @@ function columnMap(rel: SourceRelation, t: TargetTable): number[] {
   let map = m.get(t);
   if (!map) {
     const byName = new Map(rel.columns.map((c, i) => [c.name, i]));
-    map = t.columns.map((c) => {
-      const i = byName.get(c.name);
-      if (i === undefined) throw new TandemError('TANDEM_ERR_SCHEMA_DRIFT', `${t.key}: column "${c.name}" is not in the source relation`);
-      return i;
-    });
+    // -1: a column only this region has; apply leaves it alone (default on insert, unchanged on update).
+    map = t.columns.map((c) => byName.get(c.name) ?? -1);
     m.set(t, map);
   }
   return map;
 }
 
-function valuesFrom(tuple: TupleValue[], map: number[]): TupleValue[] {
-  return map.map((i) => {
+function valuesFrom(tuple: TupleValue[], map: number[]): Value[] {
+  return map.map((i): Value => {
+    if (i < 0) return NOT_SENT;
     const v = tuple[i];
     if (v === undefined) throw new TandemError('TANDEM_ERR_PROTOCOL', `tuple has ${tuple.length} columns, expected at least ${i + 1}`);
     if (Buffer.isBuffer(v)) throw new TandemError('TANDEM_ERR_PROTOCOL', 'binary tuple values are not expected (the stream runs in text mode)');
@@ -1166,11 +1190,11 @@ function keyFrom(tuple: TupleValue[] | undefined, map: number[], t: TargetTable,
   });
 }
 
-function textRow(t: TargetTable, values: TupleValue[]): Record<string, string | null> {
+function textRow(t: TargetTable, values: Value[]): Record<string, string | null> {
   const out: Record<string, string | null> = {};
   t.columns.forEach((c, j) => {
     const v = values[j];
-    if (v !== UNCHANGED_TOAST && v !== undefined) out[c.name] = v as string | null;
+    if (!keepsLocal(v) && v !== undefined) out[c.name] = v as string | null;
   });
   return out;
 }

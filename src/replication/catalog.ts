@@ -224,8 +224,9 @@ export const FIRST_NORMAL_OBJECT_ID = 16384;
 
 /**
  * Differences between a source relation and the target table that make apply
- * unsafe: a missing or extra column, a different type or typmod, a different
- * key. Empty when they match. Column order does not matter (apply goes by name).
+ * unsafe: a source column missing here, a different type or typmod, a
+ * different key, a NOT NULL column without default that only exists here.
+ * Empty when apply is safe. Column order does not matter (apply goes by name).
  */
 export function schemaDrift(source: SourceRelation, target: TargetTable | undefined): string[] {
   if (!target) return [`table ${source.key} does not exist in this region`];
@@ -250,7 +251,11 @@ export function schemaDrift(source: SourceRelation, target: TargetTable | undefi
     if (sc.typeMod !== tc.typeMod) diffs.push(`column "${sc.name}" has type modifier ${sc.typeMod} in the source but ${tc.typeMod} here (${tc.formatted})`);
   }
   for (const tc of target.columns) {
-    if (!sourceNames.has(tc.name)) diffs.push(`column "${tc.name}" exists in this region but not in the source`);
+    // A column only this region has (a migration that got here first) takes its default on insert and
+    // keeps its value on update: nothing is lost. Only a NOT NULL column without a default cannot be filled.
+    if (!sourceNames.has(tc.name) && tc.notNull && !tc.hasDefault) {
+      diffs.push(`column "${tc.name}" exists in this region (NOT NULL, no default) but not in the source`);
+    }
   }
   if (target.keyColumns.length === 0) diffs.push(`${target.key} has no primary key in this region`);
   if (source.replicaIdentity !== 'f' && source.replicaIdentity !== 'n') {
