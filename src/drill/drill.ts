@@ -441,16 +441,16 @@ export class Drill {
     let differences = 0;
     let detail: string | undefined;
     try {
-      type VerifyFn = (o: { config: Config; regions: [string, string]; useLocal: boolean }) => Promise<{ differences: { table: string; key: unknown; kind: string }[] }>;
-      const { verifyTables } = (await import('../replication/verify.ts' as string)) as { verifyTables: VerifyFn };
+      const { verifyTables, formatKey } = await import('../replication/verify.ts');
       const names = o.config.regions.map((r) => r.name);
       identical = true;
       for (const other of names.slice(1)) {
-        const rep = await verifyTables({ config: o.config, regions: [names[0]!, other], useLocal: o.target.kind === 'lab' });
+        // Writes still in flight would show up as differences; read differing keys again before reporting.
+        const rep = await verifyTables({ config: o.config, regions: [names[0]!, other], useLocal: o.target.kind === 'lab', recheckDelayMs: 1_000 });
         differences += rep.differences.length;
         if (rep.differences.length) {
           identical = false;
-          detail = `${names[0]} vs ${other}: ${rep.differences.slice(0, 5).map((d) => `${d.table} ${JSON.stringify(d.key)} ${d.kind}`).join('; ')}`;
+          detail = `${names[0]} vs ${other}: ${rep.differences.slice(0, 5).map((d) => `${d.table} ${formatKey(d.key)} ${d.kind}${d.detail ? ` (${d.detail})` : ''}`).join('; ')}`;
         }
       }
     } catch (err) {

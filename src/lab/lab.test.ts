@@ -19,7 +19,7 @@ test('lab skeleton: regions up, fail kills PostgreSQL, recover restarts it on it
   const lab = new Lab({
     dir,
     regions: 2,
-    parts: { app: false, dns: false, replication: false, control: false, traffic: false },
+    parts: { app: false, dns: false, replication: false, control: false, traffic: false, dashboard: false },
     api: { host: '127.0.0.1', port },
     logger: silentLogger(),
     replicatedTables: [],

@@ -6,6 +6,7 @@
  * the lab API on 127.0.0.1:7070.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -27,6 +28,8 @@ export interface LabParts {
   replication: boolean;
   control: boolean;
   traffic: boolean;
+  /** The live dashboard on the lab API's port. */
+  dashboard: boolean;
 }
 
 export interface LabOptions {
@@ -85,7 +88,7 @@ export interface LabStatus {
   parts: LabParts;
 }
 
-const DEFAULT_PARTS: LabParts = { app: true, dns: true, replication: true, control: true, traffic: true };
+const DEFAULT_PARTS: LabParts = { app: true, dns: true, replication: true, control: true, traffic: true, dashboard: true };
 
 /** Read a secret file of the lab, creating it with random content the first time. */
 function ensureSecret(file: string, bytes = 24): string {
@@ -156,6 +159,7 @@ export class Lab extends BaseService {
   #ops: Promise<unknown> = Promise.resolve();
   #downRequested: (() => void) | undefined;
   #traffic: Promise<void> | undefined;
+  #collector: import('../observe/collector.ts').Collector | undefined;
   readonly #trafficAc = new AbortController();
   #trafficStats: { at: string; byGeo: Record<string, unknown> } | undefined;
   /** Resolves when someone asks the lab to stop through its API. */
@@ -209,8 +213,22 @@ export class Lab extends BaseService {
     this.#regions = regions.map((region) => ({ region, state: 'starting', pg: undefined, wan: undefined, daemons: [] }));
 
     const apiAddr = this.#opts.api ?? LAB_API;
-    this.#api = new ApiServer({ name: 'lab-api', listen: apiAddr, token: this.#token, routes: this.#routes(), logger: this.#log });
+    const routes = this.#routes();
+    if (this.parts.dashboard) {
+      const { createDashboard } = await import('../observe/dashboard.ts');
+      const dash = createDashboard({
+        config: this.#config,
+        token: this.#token,
+        logger: this.#log.child({ part: 'dashboard' }),
+        lab: { status: () => this.status(), api: `http://${apiAddr.host}:${apiAddr.port}` },
+        reportsDir: path.join(p.dir, 'reports'),
+      });
+      this.#collector = dash.collector;
+      routes.push(...dash.routes);
+    }
+    this.#api = new ApiServer({ name: 'lab-api', listen: apiAddr, token: this.#token, routes, logger: this.#log });
     await this.#api.start();
+    await this.#collector?.start();
     this.#writeState();
 
     this.#step(`starting PostgreSQL in ${regions.length} regions`);
@@ -249,6 +267,8 @@ export class Lab extends BaseService {
    */
   async #runTraffic(signal: AbortSignal): Promise<void> {
     const { runLoad } = await import('../service/load.ts');
+    // Every request in flight listens on this signal; there are more than the default ten.
+    setMaxListeners(0, signal);
     const dnsServers = this.#regions.map((rt) => ({ host: rt.region.address, port: LAB_PORTS.dns }));
     while (!signal.aborted) {
       try {
@@ -510,6 +530,7 @@ export class Lab extends BaseService {
 
   protected async onStop(): Promise<void> {
     this.#labState = 'stopping';
+    await this.#collector?.stop();
     this.#trafficAc.abort();
     await this.#traffic?.catch(() => {});
     await this.#ops.catch(() => {});
