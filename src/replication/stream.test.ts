@@ -1,6 +1,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, chownSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import type pg from 'pg';
+import { PostgresServer, postgresUserIds } from '../lab/postgres.ts';
+import { freePort } from '../../test/helpers/ports.ts';
 import { parseConfig, type PgConnectionConfig } from '../core/config/index.ts';
 import { isTandemError } from '../core/errors.ts';
 import { client, startCluster, TEST_PG_PASSWORD, type TestCluster } from '../../test/helpers/pg.ts';
@@ -75,7 +81,7 @@ describe('ReplicationStream against PostgreSQL 17', () => {
 
   before(async () => {
     cluster = await startCluster(1, {
-      settings: { wal_sender_timeout: '3s', DateStyle: 'SQL, DMY', IntervalStyle: 'iso_8601', extra_float_digits: 0 },
+      settings: { wal_sender_timeout: '2s', DateStyle: 'SQL, DMY', IntervalStyle: 'iso_8601', extra_float_digits: 0 },
     });
     const s = cluster.servers[0]!;
     process.env[PASSWORD_ENV] = TEST_PG_PASSWORD;
@@ -209,7 +215,7 @@ describe('ReplicationStream against PostgreSQL 17', () => {
   test('keepalives: reply requested on demand, callback while busy, automatic replies keep the stream alive', async () => {
     await createLogicalSlot(db, 'alive');
     const seen: boolean[] = [];
-    // Periodic status off: only the automatic reply answers the server (wal_sender_timeout is 3 s here).
+    // Periodic status off: only the automatic reply answers the server (wal_sender_timeout is 2 s here).
     const s = open({ slot: 'alive', startLsn: 0n, statusIntervalMs: 0, onKeepalive: (k) => seen.push(k.replyRequested) });
     await s.start();
     const r = reader(s);
@@ -218,8 +224,8 @@ describe('ReplicationStream against PostgreSQL 17', () => {
     const k = await r.next();
     assert.equal(k.keepalive, true, 'the server answers a reply request with a keepalive');
     assert.ok(seen.length >= 1, 'the callback saw it');
-    // The consumer is "busy" for 7 s (longer than wal_sender_timeout): nothing is read from the iterator.
-    await new Promise((res) => setTimeout(res, 7_000));
+    // The consumer is "busy" for 4.5 s (over twice wal_sender_timeout): nothing is read from the iterator.
+    await new Promise((res) => setTimeout(res, 4_500));
     assert.equal(s.state, 'running', 'automatic replies kept the connection alive');
     assert.ok(seen.includes(true), 'the server asked for replies and got them');
     await insertTx([200], 'alive');
@@ -256,7 +262,7 @@ describe('ReplicationStream against PostgreSQL 17', () => {
     const s = open({ slot: 'slow', startLsn: 0n, highWaterMark: 100, highWaterMarkBytes: 1 << 20, statusIntervalMs: 500 });
     await s.start();
     await waitFor('pause', async () => (s.paused ? true : undefined));
-    await new Promise((res) => setTimeout(res, 4_000)); // longer than wal_sender_timeout
+    await new Promise((res) => setTimeout(res, 2_500)); // longer than wal_sender_timeout
     const { queued } = s.stats;
     assert.ok(queued < 5_000, `queue bounded while paused: ${queued} of 20 000 rows`);
     assert.equal(s.state, 'running');
@@ -334,5 +340,66 @@ describe('ReplicationStream against PostgreSQL 17', () => {
     assert.deepEqual(tx!.rows, ['after']);
     await s.stop();
     await dropSlot(db, 'boot');
+  });
+});
+
+describe('ReplicationStream over TLS (sslmode verify-full)', () => {
+  let dir: string;
+  let server: PostgresServer | undefined;
+
+  after(async () => {
+    await server?.stop().catch(() => server?.kill());
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    delete process.env[PASSWORD_ENV];
+  });
+
+  test('streams and acknowledges through a verified TLS connection', async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'tandem-tls-'));
+    chmodSync(dir, 0o755);
+    const host = '127.0.3.1';
+    const cert = path.join(dir, 'server.crt');
+    const key = path.join(dir, 'server.key');
+    // A self-signed certificate for the server's address: its own CA.
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${host}`, '-addext', `subjectAltName=IP:${host}`], { stdio: 'ignore' });
+    chmodSync(key, 0o600);
+    const ids = postgresUserIds();
+    if (ids) chownSync(key, ids.uid, ids.gid);
+    server = new PostgresServer({ dataDir: path.join(dir, 'data'), host, port: await freePort(host), password: TEST_PG_PASSWORD, database: 'tandem', fsync: false, ssl: { certFile: cert, keyFile: key } });
+    await server.start();
+    const db = await server.connect('tandem');
+    try {
+      await db.query(`CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE t`);
+      await createLogicalSlot(db, 'tls');
+      await db.query(`INSERT INTO t VALUES (1, 'secret')`);
+      process.env[PASSWORD_ENV] = TEST_PG_PASSWORD;
+      const connection = parseConfig({
+        regions: [
+          {
+            name: 'tls',
+            addresses: [host],
+            healthUrl: `http://${host}/healthz`,
+            database: { host, port: server.options.port, user: 'postgres', password: { env: PASSWORD_ENV }, ssl: { mode: 'verify-full', ca: cert } },
+          },
+        ],
+      }).regions[0]!.database;
+      const s = new ReplicationStream({ connection, slot: 'tls', publication: 'p', startLsn: 0n, applicationName: 'tls-test' });
+      await s.start();
+      try {
+        const [tx] = await reader(s).transactions(1);
+        assert.deepEqual(tx!.rows, ['secret']);
+        const { rows } = await db.query<{ ssl: boolean }>(`SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_replication r USING (pid) WHERE r.application_name = 'tls-test'`);
+        assert.equal(rows[0]?.ssl, true, 'the walsender connection is encrypted');
+        s.sendStatus({ written: tx!.commit.endLsn, flushed: tx!.commit.endLsn });
+        await waitFor('ack over TLS', async () => ((await readSlot(db, 'tls'))?.confirmedFlushLsn === tx!.commit.endLsn ? true : undefined));
+      } finally {
+        await s.stop();
+      }
+      // A certificate for another name is refused by verify-full.
+      const wrong = new ReplicationStream({ connection: { ...connection, host: '127.0.3.1', ssl: { mode: 'verify-full', ca: path.join(dir, 'other.crt') } }, slot: 'tls', publication: 'p', startLsn: 0n });
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(dir, 'other.key'), '-out', path.join(dir, 'other.crt'), '-days', '1', '-subj', '/CN=other'], { stdio: 'ignore' });
+      await assert.rejects(wrong.start(), (err: unknown) => isTandemError(err, 'TANDEM_ERR_REPLICATION') && /cannot open a replication connection/.test((err as Error).message));
+    } finally {
+      await db.end();
+    }
   });
 });
