@@ -201,10 +201,11 @@ interface SourceState {
   latencyMs?: number;
 }
 
-const hp = (x: { host: string; port: number }) => {
+/** `host:port` for a URL; a wildcard listen address is reached on loopback. */
+export function hp(x: { host: string; port: number }): string {
   const host = x.host === '0.0.0.0' ? '127.0.0.1' : x.host === '::' ? '::1' : x.host;
   return host.includes(':') ? `[${host}]:${x.port}` : `${host}:${x.port}`;
-};
+}
 
 /** Rate of a counter between polls (a drop means the process restarted: count from zero). */
 class Rates {

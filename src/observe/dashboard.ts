@@ -28,7 +28,7 @@ import type { Logger } from '../core/log.ts';
 import { regionByName, type Config } from '../core/config/index.ts';
 import { callApi, type RequestContext, type Route } from '../core/http.ts';
 import type { Notification } from '../core/notify.ts';
-import { Collector, type DashboardUpdate, type LabLink } from './collector.ts';
+import { Collector, hp, type DashboardUpdate, type LabLink } from './collector.ts';
 
 /** Options of the routes. */
 export interface DashboardRouteOptions {
@@ -81,11 +81,6 @@ function readAsset(file: string): Buffer {
     cache.set(file, b);
   }
   return b;
-}
-
-function hp(x: { host: string; port: number }): string {
-  const host = x.host === '0.0.0.0' ? '127.0.0.1' : x.host === '::' ? '::1' : x.host;
-  return host.includes(':') ? `[${host}]:${x.port}` : `${host}:${x.port}`;
 }
 
 /** Validate an action body: `{ region, reason?, force? }` with a known region. */
