@@ -14,14 +14,27 @@ import type { Service } from '../core/lifecycle.ts';
 
 const MSG = {
   shutdown: 'tandem:shutdown',
+  /** worker → primary: "give me the cluster's metrics" (a scrape arrived). */
   metricsReq: 'tandem:metrics-req',
+  /** primary → worker: the aggregate. */
   metricsRes: 'tandem:metrics-res',
+  /** primary → each listening worker: "send me your registry". */
+  collect: 'tandem:metrics-collect',
+  /** worker → primary: its registry as JSON. */
+  part: 'tandem:metrics-part',
 } as const;
+
+type MetricsJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>;
 
 type Message =
   | { type: typeof MSG.shutdown }
   | { type: typeof MSG.metricsReq; id: number }
-  | { type: typeof MSG.metricsRes; id: number; body?: string; contentType?: string; error?: string };
+  | { type: typeof MSG.metricsRes; id: number; body?: string; contentType?: string; error?: string }
+  | { type: typeof MSG.collect; id: number }
+  | { type: typeof MSG.part; id: number; metrics?: MetricsJson; error?: string };
+
+/** How long the primary waits for the workers' registries before answering with what it has. */
+const COLLECT_TIMEOUT_MS = 2_000;
 
 /** True in a worker process forked by `runPrimary`. */
 export const isWorker = (): boolean => cluster.isWorker;
@@ -44,20 +57,52 @@ export interface PrimaryOptions {
  */
 export async function runPrimary(opts: PrimaryOptions): Promise<void> {
   const { logger, signal } = opts;
-  const aggregator = new promClient.AggregatorRegistry();
+  let allExited: () => void = () => {};
   let stopping = false;
   let failedStarts = 0;
   let fatal: Error | undefined;
   const live = new Set<Worker>();
-  const listening = new WeakSet<Worker>();
-  let allExited: () => void = () => {};
+  // Only listening workers are asked for metrics: one still loading has served nothing and could not answer yet.
+  const listening = new Set<Worker>();
   const exitedAll = new Promise<void>((resolve) => (allExited = resolve));
+  let nextCollect = 0;
+  const collecting = new Map<number, { parts: MetricsJson[]; waiting: Set<Worker>; done: () => void }>();
+
+  /** Gather every listening worker's registry and sum them (prom-client's aggregation rules). */
+  const aggregate = async (): Promise<{ body: string; contentType: string }> => {
+    const id = nextCollect++;
+    const targets = [...listening].filter((w) => w.isConnected());
+    const parts: MetricsJson[] = [];
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        logger.warn({ missing: [...(collecting.get(id)?.waiting ?? [])].map((w) => w.process.pid) }, 'metrics: some workers did not answer; serving the others');
+        finish();
+      }, COLLECT_TIMEOUT_MS);
+      const finish = () => {
+        clearTimeout(timer);
+        collecting.delete(id);
+        resolve();
+      };
+      collecting.set(id, { parts, waiting: new Set(targets), done: finish });
+      if (targets.length === 0) finish();
+      for (const w of targets) w.send({ type: MSG.collect, id } satisfies Message, undefined, () => {});
+    });
+    const registry = promClient.AggregatorRegistry.aggregate(parts);
+    return { body: await registry.metrics(), contentType: registry.contentType };
+  };
 
   const onMessage = (worker: Worker, msg: Message) => {
+    if (msg?.type === MSG.part) {
+      const c = collecting.get(msg.id);
+      if (!c || !c.waiting.delete(worker)) return;
+      if (msg.metrics) c.parts.push(msg.metrics);
+      if (c.waiting.size === 0) c.done();
+      return;
+    }
     if (msg?.type !== MSG.metricsReq) return;
-    aggregator.clusterMetrics().then(
-      (body) => worker.isConnected() && worker.send({ type: MSG.metricsRes, id: msg.id, body, contentType: aggregator.contentType } satisfies Message),
-      (err: Error) => worker.isConnected() && worker.send({ type: MSG.metricsRes, id: msg.id, error: err.message } satisfies Message),
+    aggregate().then(
+      (m) => worker.isConnected() && worker.send({ type: MSG.metricsRes, id: msg.id, body: m.body, contentType: m.contentType } satisfies Message, undefined, () => {}),
+      (err: Error) => worker.isConnected() && worker.send({ type: MSG.metricsRes, id: msg.id, error: err.message } satisfies Message, undefined, () => {}),
     );
   };
 
@@ -71,12 +116,15 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
       failedStarts = 0;
     });
     w.once('exit', (code, sig) => {
+      const wasListening = listening.has(w);
       live.delete(w);
+      listening.delete(w);
+      for (const c of collecting.values()) if (c.waiting.delete(w) && c.waiting.size === 0) c.done();
       if (stopping || fatal) {
         if (live.size === 0) allExited();
         return;
       }
-      if (!listening.has(w)) failedStarts++;
+      if (!wasListening) failedStarts++;
       logger.error({ workerPid: w.process.pid, code, signal: sig }, 'worker exited unexpectedly');
       if (failedStarts >= Math.max(3, opts.workers * 2)) {
         fatal = new TandemError('TANDEM_ERR_STATE', `workers keep exiting before they listen (${failedStarts} times); see the log lines above`);
@@ -137,22 +185,26 @@ export async function runWorker(service: Service, signal: AbortSignal): Promise<
   process.off('disconnect', onDisconnect);
 }
 
-/** In a worker: let the primary aggregate `registry` (instead of prom-client's global one). */
+/** In a worker: answer the primary's requests for this worker's metrics from `registry`. */
 export function shareRegistry(registry: Registry): void {
-  promClient.AggregatorRegistry.setRegistries([registry]);
-  // Constructing one registers the worker-side listener that answers the primary.
-  new promClient.AggregatorRegistry();
+  process.on('message', (msg: Message) => {
+    if (msg?.type !== MSG.collect || !process.send) return;
+    registry.getMetricsAsJSON().then(
+      (metrics) => process.send?.({ type: MSG.part, id: msg.id, metrics } satisfies Message, undefined, {}, () => {}),
+      (err: Error) => process.send?.({ type: MSG.part, id: msg.id, error: err.message } satisfies Message, undefined, {}, () => {}),
+    );
+  });
 }
 
 let nextId = 0;
 const pending = new Map<number, { resolve: (v: { body: string; contentType: string }) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
-let listening = false;
+let metricsReplyListener = false;
 
 /** In a worker: the metrics of the whole cluster, aggregated by the primary. */
 export function clusterMetricsText(timeoutMs = 3_000): Promise<{ body: string; contentType: string }> {
   if (!cluster.isWorker || !process.send) return Promise.reject(new TandemError('TANDEM_ERR_STATE', 'not a cluster worker'));
-  if (!listening) {
-    listening = true;
+  if (!metricsReplyListener) {
+    metricsReplyListener = true;
     process.on('message', (msg: Message) => {
       if (msg?.type !== MSG.metricsRes) return;
       const p = pending.get(msg.id);

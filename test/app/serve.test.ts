@@ -105,8 +105,10 @@ test('serve: two workers behind the region address, cluster-wide metrics, fence 
     assert.equal(res.status, 200);
     assert.equal(res.headers['x-tandem-region'], 'r1');
   }
-  const metrics = parseMetrics((await request(base, 'GET', '/metrics')).text);
-  assert.equal(metricValue(metrics, 'tandem_http_requests_total', { route: '/v1/orders', method: 'GET', status: '200' }), 12);
+  const scrape = await request(base, 'GET', '/metrics');
+  assert.equal(scrape.status, 200, scrape.text.slice(0, 500));
+  const metrics = parseMetrics(scrape.text);
+  assert.equal(metricValue(metrics, 'tandem_http_requests_total', { route: '/v1/orders', method: 'GET', status: '200' }), 12, scrape.text.slice(0, 2000));
 
   // A session issued by one worker is honoured by the other (same keyring, same table).
   const login = await request(base, 'POST', '/v1/login', { body: { user: 'lab' } });
