@@ -255,6 +255,33 @@ describe('ReplicationStream against PostgreSQL 17', () => {
     await dropSlot(db, 'mute', { terminateActive: true });
   });
 
+  test('a source that goes silent (walsender stopped, like a partition) fails the stream after receiveTimeoutMs', async () => {
+    await createLogicalSlot(db, 'silent');
+    const s = open({ slot: 'silent', startLsn: 0n, statusIntervalMs: 300, receiveTimeoutMs: 1_500, applicationName: 'silent-test' });
+    await s.start();
+    const r = reader(s);
+    const { rows } = await db.query<{ pid: number }>(`SELECT pid FROM pg_stat_replication WHERE application_name = 'silent-test'`);
+    const pid = rows[0]!.pid;
+    // While the source answers, a quiet stream stays up: status updates ask for keepalives back.
+    await new Promise((res) => setTimeout(res, 2_000));
+    assert.equal(s.state, 'running');
+    process.kill(pid, 'SIGSTOP');
+    const t0 = Date.now();
+    try {
+      await assert.rejects(
+        (async () => {
+          for (;;) await r.next(10_000);
+        })(),
+        (err: unknown) => isTandemError(err, 'TANDEM_ERR_REPLICATION') && /nothing received for \d+ ms/.test((err as Error).message),
+      );
+      const waited = Date.now() - t0;
+      assert.ok(waited >= 1_000, `failed only after the timeout (${waited} ms)`);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await dropSlot(db, 'silent', { terminateActive: true });
+  });
+
   test('a slow consumer pauses reading (bounded queue) and gets everything once it catches up', async () => {
     await createLogicalSlot(db, 'slow');
     await db.query(`INSERT INTO t (id, v) SELECT g, 'bulk' || g FROM generate_series(1000, 20999) g`);

@@ -60,6 +60,7 @@ export interface ReplicationStreamOptions {
    * while the consumer is busy or the socket is paused; default 10 000 ms
    * (like `wal_receiver_status_interval`). When nothing was received for that
    * long, the status asks the server for a reply, which proves it alive.
+   * 0 turns the periodic status off.
    */
   statusIntervalMs?: number;
   /** Fail the stream when nothing arrives for this long while reading (not paused); default 30 000 ms; 0 = never. */
@@ -266,8 +267,9 @@ export class ReplicationStream extends BaseService {
     }
     this.#lastReceiveAt = Date.now();
     const interval = o.statusIntervalMs ?? 10_000;
-    if (interval > 0) {
-      this.#statusTimer = setInterval(() => this.#tick(), Math.min(interval, 1_000));
+    const timeout = o.receiveTimeoutMs ?? 30_000;
+    if (interval > 0 || timeout > 0) {
+      this.#statusTimer = setInterval(() => this.#tick(), Math.max(50, Math.min(interval || 1_000, timeout || 1_000, 1_000)));
       this.#statusTimer.unref();
     }
   }
@@ -460,7 +462,7 @@ export class ReplicationStream extends BaseService {
       this.fail(err);
       return;
     }
-    if (now - this.#lastTickStatusAt >= interval) {
+    if (interval > 0 && now - this.#lastTickStatusAt >= interval) {
       this.#lastTickStatusAt = now;
       // Quiet for a whole interval (and reading): ask for a keepalive back, which proves the source alive.
       this.#writeStatus(!this.#paused && now - this.#lastReceiveAt >= interval);
