@@ -1,7 +1,8 @@
 /**
  * The dashboard against the whole lab, in real headless Chromium: `tandem lab
- * up --detach` in a fresh folder, `tandem dashboard` on its config (with the
- * lab API for the fault buttons), then:
+ * up --detach` in a fresh folder; the page the lab serves on its API port
+ * (127.0.0.1:7070), and `tandem dashboard` run on the lab's config beside it;
+ * then:
  *   - both regions healthy and the lag charts moving (figures from the agents);
  *   - the Drain button drains a region (DNS answers move) and Undrain returns it;
  *   - after `tandem lab fail aws-south` the region turns unhealthy and the
@@ -27,7 +28,10 @@ let lab: TestLab | undefined;
 let dashboard: ChildProcess | undefined;
 let dashboardLog = '';
 let b: BrowserHandle | undefined;
+/** The lab's own dashboard (its API port). */
 let base = '';
+/** `tandem dashboard` on the lab's config. */
+let standalone = '';
 const shots = mkdtempSync(path.join(tmpdir(), 'tandem-dashboard-shot-'));
 
 const SOUTH = LAB_REGIONS[0].name;
@@ -43,8 +47,9 @@ before(async () => {
   });
   dashboard.stdout!.on('data', (d: Buffer) => (dashboardLog += d.toString()));
   dashboard.stderr!.on('data', (d: Buffer) => (dashboardLog += d.toString()));
-  base = `http://127.0.0.1:${port}`;
-  await waitFor('tandem dashboard answers', async () => (await fetch(`${base}/`)).ok, 30_000, 200).catch((err: Error) => {
+  standalone = `http://127.0.0.1:${port}`;
+  base = lab.status.api;
+  await waitFor('tandem dashboard answers', async () => (await fetch(`${standalone}/`)).ok, 30_000, 200).catch((err: Error) => {
     throw new Error(`${err.message}\n${dashboardLog}`);
   });
   b = await launchBrowser();
@@ -126,10 +131,17 @@ test('the lab: both regions healthy from both vantage points, lag charts moving 
     assert.equal(typeof latest[key], 'number', `${key} in ${JSON.stringify(latest)}`);
     assert.ok(latest[key]! < 60, `${key} = ${latest[key]} s`);
   }
-  // The lag figures come from the replication agents, and every source answers.
-  const snap = (await (await fetch(`${base}/v1/dashboard/snapshot`)).json()) as { snapshot: { directions: { from?: string }[]; sources: { id: string; up?: boolean; error?: string }[] } };
-  assert.deepEqual(snap.snapshot.directions.map((d) => d.from), ['agent', 'agent']);
-  assert.deepEqual(snap.snapshot.sources.filter((s) => !s.up), [], JSON.stringify(snap.snapshot.sources));
+  // The lag figures come from the replication agents, and every source answers: in the lab's dashboard and in `tandem dashboard`.
+  for (const url of [base, standalone]) {
+    type Snap = { snapshot: { mode: string; regions: { health: string }[]; directions: { from?: string }[]; sources: { id: string; up?: boolean; error?: string }[] } };
+    const snap = await waitFor(`every source up (${url})`, async () => {
+      const s = (await (await fetch(`${url}/v1/dashboard/snapshot`)).json()) as Snap;
+      return s.snapshot.sources.every((x) => x.up) ? s : undefined;
+    }, 15_000);
+    assert.equal(snap.snapshot.mode, 'lab', url);
+    assert.deepEqual(snap.snapshot.regions.map((r) => r.health), ['healthy', 'healthy'], url);
+    assert.deepEqual(snap.snapshot.directions.map((d) => d.from), ['agent', 'agent'], url);
+  }
   // Traffic from the lab's synthetic clients shows per region.
   await waitFor('requests/s on the HTTP chart', async () => {
     const l = JSON.parse((await page.locator('#chart-http').getAttribute('data-latest')) ?? '{}') as Record<string, number | null>;
