@@ -172,6 +172,16 @@ test('the Drain button drains a region (DNS answers move to the other region) an
   await step('undrain from the page', () => action(`${card(WEST)} button[data-action="undrain:${WEST}"]`));
   await step('western clients back on the western region', () => waitFor('DNS answer', async () => (await westAnswer())[0] === addressOf(WEST), 20_000));
   await step('the page shows the undrain', () => page.waitForSelector(`${card(WEST)}[data-drained="false"]`, { timeout: 15_000 }));
+  // Partition and heal from the lab panel (the two selects default to the first two regions).
+  await step('partition from the page', () => action('#lab button[data-action="partition"]'));
+  await step('the partition shows', async () => {
+    await page.waitForSelector('#lab .pill.critical', { timeout: 10_000 });
+    await page.waitForSelector('#timeline li[data-source="lab"][data-kind="partition"]', { timeout: 10_000 });
+  });
+  await page.locator('#lab button[data-action="heal"]').click();
+  await step('healed', () => page.waitForSelector('#timeline li[data-source="lab"][data-kind="healed"]', { timeout: 10_000 }));
+  const status = (await (await fetch(`${base}/v1/lab/status`)).json()) as { wan: { partitions: unknown[] } };
+  assert.deepEqual(status.wan.partitions, []);
 });
 
 test('after `tandem lab fail aws-south` the region turns unhealthy and the failover is on the timeline; Recover brings it back', async () => {
