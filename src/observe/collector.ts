@@ -17,8 +17,6 @@
  * carries on. The figures the page charts are kept as a bounded history; the
  * alert evaluator runs after every poll and notifications go to the webhooks.
  */
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import path from 'node:path';
 import type pg from 'pg';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { BaseService } from '../core/lifecycle.ts';
@@ -34,6 +32,8 @@ import { AlertTracker, evaluateConditions, type AlertInputs, type AlertJson, typ
 import { parseExposition, sumBy } from './exposition.ts';
 import { geographySnapshot, type GeographyView, type TileView } from './geography.ts';
 import { SeriesStore, type SeriesHistory, type SeriesMeta, type SeriesPoint } from './series.ts';
+import { scanReports } from './reports.ts';
+import type { DashboardSnapshot, DashboardUpdate, DirectionView, RegionView, ReportView, SourceKind, TimelineEntry } from './snapshot.ts';
 import {
   parseAgentStatus,
   parseConflictRow,
@@ -72,116 +72,6 @@ export interface CollectorOptions {
   intervalMs?: number;
   /** Override `alerts.historySec`. */
   historySec?: number;
-}
-
-/** Kinds of source the collector polls. */
-export type SourceKind = 'controller' | 'audit' | 'dns' | 'dns-metrics' | 'agent' | 'agent-conflicts' | 'app-metrics' | 'app-health' | 'lab' | 'database';
-
-/** How one source answered lately. */
-export interface SourceView {
-  id: string;
-  kind: SourceKind;
-  region?: string;
-  url: string;
-  up: boolean | undefined;
-  lastOkAt?: string;
-  error?: string;
-  latencyMs?: number;
-}
-
-/** One region on the page. */
-export interface RegionView {
-  name: string;
-  cloud: string;
-  location?: string;
-  address: string;
-  /** Lab process state when run by the lab. */
-  lab?: { state: string; failedAt?: string; recoveredAt?: string };
-  /** How every DNS server (vantage point) sees it; `unreachable` when that server did not answer. */
-  vantages: { vantage: string; state: HealthState | 'unreachable'; since?: string }[];
-  /** Summary: healthy from every reachable vantage point, unhealthy from all, partial, or unknown. */
-  health: 'healthy' | 'unhealthy' | 'partial' | 'unknown';
-  /** Drained in DNS (any reachable server); undefined when no DNS server answers. */
-  drained: boolean | undefined;
-  drainReason?: string;
-  /** The controller's runbook phase. */
-  phase?: string;
-  phaseSince?: string;
-  drainedBy?: string;
-  inRotation?: boolean;
-  failure?: Record<string, unknown>;
-  app?: AppHealth;
-  /** Requests and 5xx per second (last poll) and 5xx share over the alert window. */
-  http?: { rps: number | null; errorsPerSec: number | null; clientErrorsPerSec: number | null; windowRequests: number; windowErrors5xx: number; errorShare: number | null };
-  /** DNS answers per second naming this region (all servers). */
-  dnsAnswersPerSec?: number | null;
-  /** Whether each of its daemons answered the last poll. */
-  up: Partial<Record<'controller' | 'dns' | 'agent' | 'app', boolean>>;
-}
-
-/** One replication direction (`source` → `target`, applied in `target`). */
-export interface DirectionView {
-  source: string;
-  target: string;
-  lagSec?: number;
-  lagBytes?: number;
-  txPerSec?: number;
-  rowsPerSec?: number;
-  conflicts?: number;
-  state?: string;
-  error?: string;
-  /** Where the lag figure came from. */
-  from?: 'agent' | 'controller' | 'app';
-  paused: { table: string; reason?: string }[];
-}
-
-/** One line of the timeline. */
-export interface TimelineEntry {
-  at: string;
-  source: 'controller' | 'lab' | 'alert' | 'dashboard';
-  region?: string;
-  kind: string;
-  severity: 'info' | 'warning' | 'critical' | 'resolved';
-  message: string;
-  actor?: string;
-}
-
-/** A drill report found in the reports folder. */
-export interface ReportView {
-  id: string;
-  title: string;
-  at?: string;
-  outcome?: string;
-  figures: Record<string, string>;
-  links: Record<string, string>;
-}
-
-/** Everything the page shows (the charts' history comes separately). */
-export interface DashboardSnapshot {
-  at: string;
-  mode: 'lab' | 'standalone';
-  zone?: string;
-  service?: string;
-  leader?: string;
-  thresholds: { lagWarnSec: number; lagCriticalSec: number; errorRateThreshold: number; rpoSec: number; rtoSec: number };
-  lab?: { state: string; api: string; partitions: [string, string][]; wan: Record<string, unknown> };
-  regions: RegionView[];
-  directions: DirectionView[];
-  geographies: GeographyView[];
-  tiles: TileView[];
-  alerts: AlertJson[];
-  timeline: TimelineEntry[];
-  audit: AuditEntry[];
-  conflicts: ConflictRow[];
-  reports: ReportView[];
-  sources: SourceView[];
-  series: SeriesMeta[];
-}
-
-/** What subscribers get after every poll. */
-export interface DashboardUpdate {
-  snapshot: DashboardSnapshot;
-  point: SeriesPoint;
 }
 
 interface SourceDef {
@@ -226,6 +116,9 @@ class Rates {
 
 const TIMELINE_MAX = 500;
 const AUDIT_MAX = 300;
+
+export { summariseReport } from './reports.ts';
+export type * from './snapshot.ts';
 
 /** Polls every daemon, keeps history, evaluates alerts. */
 export class Collector extends BaseService {
@@ -408,7 +301,9 @@ export class Collector extends BaseService {
       }
     }
     if (tick % Math.max(1, Math.round(5_000 / this.#intervalMs)) === 0) {
-      this.#backgroundTask('reports', async () => this.#scanReports());
+      this.#backgroundTask('reports', async () => {
+        this.#reports = this.#o.reportsDir ? scanReports(this.#o.reportsDir) : [];
+      });
       if (this.#o.readConflicts !== false) for (const r of this.config.regions) if (!r.agent) this.#backgroundTask(`conflicts:${r.name}`, () => this.#readConflicts(r));
     }
     const now = Date.now();
@@ -866,71 +761,6 @@ export class Collector extends BaseService {
     }
   }
 
-  async #scanReports(): Promise<void> {
-    const dir = this.#o.reportsDir;
-    if (!dir || !existsSync(dir)) {
-      this.#reports = [];
-      return;
-    }
-    const found: (ReportView & { mtime: number })[] = [];
-    for (const id of readdirSync(dir)) {
-      if (!/^[\w.-]+$/.test(id)) continue;
-      const folder = path.join(dir, id);
-      let st;
-      try {
-        st = statSync(folder);
-      } catch {
-        continue;
-      }
-      if (!st.isDirectory()) continue;
-      const links: Record<string, string> = {};
-      for (const f of ['report.html', 'report.md', 'report.json']) {
-        if (existsSync(path.join(folder, f))) links[f.split('.')[1]!] = `/reports/${encodeURIComponent(id)}/${f}`;
-      }
-      if (!Object.keys(links).length) continue;
-      const view: ReportView & { mtime: number } = { id, title: id, figures: {}, links, mtime: st.mtimeMs };
-      if (links.json) {
-        try {
-          Object.assign(view, summariseReport(JSON.parse(readFileSync(path.join(folder, 'report.json'), 'utf8')), id));
-        } catch {
-          // A report being written: list it with its id only.
-        }
-      }
-      found.push(view);
-    }
-    this.#reports = found
-      .sort((a, b) => (b.at ?? '').localeCompare(a.at ?? '') || b.mtime - a.mtime)
-      .slice(0, 30)
-      .map(({ mtime: _m, ...r }) => r);
-  }
-}
-
-/**
- * The headline of a drill report (src/drill/report.ts `DrillReport`: scenario,
- * failedRegion, startedAt, passed, results.rtoSec, results.rpo.rpoSec and
- * .missing), read defensively so a report of another version still lists.
- */
-export function summariseReport(doc: unknown, id: string): Pick<ReportView, 'title' | 'at' | 'outcome' | 'figures'> {
-  const o = (doc ?? {}) as Record<string, unknown>;
-  const s = (v: unknown) => (typeof v === 'string' && v ? v : undefined);
-  const get = (p: string): unknown => p.split('.').reduce<unknown>((cur, k) => (cur && typeof cur === 'object' ? (cur as Record<string, unknown>)[k] : undefined), o);
-  const first = (...paths: string[]) => paths.map(get).find((v) => v !== undefined && v !== null);
-  const scenario = s(first('scenario', 'title', 'name', 'drill'));
-  const target = s(first('failedRegion')) ?? (Array.isArray(o.partition) ? o.partition.join(' | ') : undefined);
-  const title = scenario ? `${scenario}${target ? ` (${target})` : ''}` : id;
-  const at = s(first('startedAt', 'at', 'started', 'finishedAt'));
-  const verdict = first('passed', 'outcome', 'verdict', 'result', 'ok');
-  const outcome = typeof verdict === 'boolean' ? (verdict ? 'pass' : 'fail') : s(verdict);
-  const figures: Record<string, string> = {};
-  const fig = (label: string, unit: string, ...paths: string[]) => {
-    const v = first(...paths);
-    if (typeof v === 'number' && Number.isFinite(v)) figures[label] = `${Math.round(v * 10) / 10}${unit ? ` ${unit}` : ''}`;
-  };
-  fig('RTO', 's', 'results.rtoSec', 'rtoSec', 'rto.measuredSec', 'rto.sec');
-  fig('RPO', 's', 'results.rpo.rpoSec', 'rpoSec', 'rpo.measuredSec', 'rpo.sec');
-  const missing = first('results.rpo.missing');
-  if (Array.isArray(missing)) figures['lost writes'] = String(missing.length);
-  return { title, ...(at ? { at } : {}), ...(outcome ? { outcome } : {}), figures };
 }
 
 /** `GET <dashboard>/v1/alerts`: the alerts firing now (for `tandem status`). */

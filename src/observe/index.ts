@@ -2,18 +2,10 @@
  * `observe`: tandem's own alert evaluation, the collector that polls every
  * daemon, and the live dashboard (served by the lab and by `tandem dashboard`).
  */
-export { Collector, fetchAlerts, summariseReport } from './collector.ts';
-export type {
-  CollectorOptions,
-  DashboardSnapshot,
-  DashboardUpdate,
-  DirectionView,
-  LabLink,
-  RegionView,
-  ReportView,
-  SourceView,
-  TimelineEntry,
-} from './collector.ts';
+export { Collector, fetchAlerts } from './collector.ts';
+export type { CollectorOptions, LabLink } from './collector.ts';
+export type { DashboardSnapshot, DashboardUpdate, DirectionView, RegionView, ReportView, SourceView, TimelineEntry } from './snapshot.ts';
+export { scanReports, summariseReport } from './reports.ts';
 export { createDashboard, dashboardRoutes } from './dashboard.ts';
 export type { CreateDashboardOptions, DashboardRouteOptions } from './dashboard.ts';
 export { AlertTracker, evaluateConditions, ALERT_KINDS } from './alerts.ts';
