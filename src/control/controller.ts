@@ -24,6 +24,11 @@ import { statusPage } from './page.ts';
 /** A region's replication lag from each peer, as read from its database; undefined when unreadable. */
 export type LagReader = (region: RegionConfig) => Promise<Record<string, { lagSec: number; sourceCommitAt: number | undefined }> | undefined>;
 
+/** How much lag history the controller keeps per direction (for the cutover check). */
+const LAG_HISTORY_MS = 120_000;
+/** The window before a failure whose worst lag is "the lag at the failure". */
+const PRE_FAILURE_WINDOW_MS = 30_000;
+
 /** The part of a DNS server's `GET /v1/state` the controller reads. */
 export interface DnsStateView {
   region: string;
@@ -87,6 +92,8 @@ export class Controller extends BaseService {
   #dnsViews = new Map<string, DnsStateView | Error>();
   #leader: string | undefined;
   #wasLeading = false;
+  /** Lag samples per direction ("target<peer"), for the cutover check. */
+  #lagHistory = new Map<string, { t: number; lagSec: number }[]>();
   /** DNS servers that answered at least once. */
   #answered = new Set<string>();
   readonly #startedAt = Date.now();
@@ -227,10 +234,28 @@ export class Controller extends BaseService {
           votesHealthy++;
         }
       }
-      const lagFrom = lags[i];
-      return { name: target.name, votesUnhealthy, votesHealthy, ...(unhealthySince !== undefined ? { unhealthySince } : {}), ...(lagFrom ? { lagFrom } : {}) };
+      return { name: target.name, votesUnhealthy, votesHealthy, ...(unhealthySince !== undefined ? { unhealthySince } : {}) };
     });
-    return { now: Date.now(), regions };
+    const now = Date.now();
+    const h = cfg.health;
+    cfg.regions.forEach((target, i) => {
+      const lagFrom = lags[i];
+      if (!lagFrom) return;
+      const o = regions[i]! as RegionObservation;
+      o.lagFrom = {};
+      for (const [peer, l] of Object.entries(lagFrom)) {
+        const hist = this.#lagHistory.get(`${target.name}<${peer}`) ?? [];
+        hist.push({ t: now, lagSec: l.lagSec });
+        while (hist.length && hist[0]!.t < now - LAG_HISTORY_MS) hist.shift();
+        this.#lagHistory.set(`${target.name}<${peer}`, hist);
+        // When the peer is seen unhealthy, it was last known alive about threshold probes before.
+        const since = regions.find((x) => x.name === peer)?.unhealthySince;
+        const aliveUntil = since === undefined ? undefined : since - h.failThreshold * h.intervalMs;
+        const before = aliveUntil === undefined ? [] : hist.filter((x) => x.t <= aliveUntil && x.t >= aliveUntil - PRE_FAILURE_WINDOW_MS);
+        o.lagFrom[peer] = { ...l, ...(before.length ? { lagBeforeFailureSec: Math.max(...before.map((x) => x.lagSec)) } : {}) };
+      }
+    });
+    return { now, regions };
   }
 
   /** The first region in config order that is in rotation and whose controller answers. */

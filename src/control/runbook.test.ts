@@ -119,3 +119,16 @@ test('manual failover and failback follow the safety rules', () => {
   assert.deepEqual([...rb.drainedSet()], ['b']);
   assert.throws(() => rb.manualFailback('a', observe(T0 + 3, {}, names), { actor: 'op' }), /not drained/);
 });
+
+test('cutover check uses the lag just before the failure, not the lag that grows after it', () => {
+  const rb = new Runbook(['a', 'b'], cfg, 'c', T0);
+  // a died 8 s ago: b's current lag from a has grown to 8 s, but it was 0.4 s behind when a was last alive.
+  const ev = rb.step(observe(T0 + 10_000, { a: down(T0 + 6_000), b: { lagFrom: { a: { lagSec: 8, sourceCommitAt: T0 + 2_000, lagBeforeFailureSec: 0.4 } } } }));
+  assert.deepEqual(ev.map((e) => e.kind), ['confirmed', 'drained']);
+  assert.equal(rb.regions.get('a')!.failure!.rpoExposureSec!.b, 0.4);
+  // Without the history, the failure time minus the last applied commit is the (conservative) estimate.
+  const rb2 = new Runbook(['a', 'b'], cfg, 'c', T0);
+  const ev2 = rb2.step(observe(T0 + 10_000, { a: down(T0 + 9_000), b: { lagFrom: { a: { lagSec: 8, sourceCommitAt: T0 + 2_000 } } } }));
+  assert.deepEqual(ev2.map((e) => e.kind), ['confirmed', 'rpo-breach', 'drained']);
+  assert.equal(rb2.regions.get('a')!.failure!.rpoExposureSec!.b, 7);
+});

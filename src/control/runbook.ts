@@ -30,7 +30,20 @@ export interface RegionObservation {
   /** Earliest time (ms) a vantage point saw it go unhealthy. */
   unhealthySince?: number;
   /** This region's replication from each peer: seconds behind, and the source commit time (ms) of the last change applied. Absent when its database cannot be read. */
-  lagFrom?: Record<string, { lagSec: number; sourceCommitAt: number | undefined }>;
+  lagFrom?: Record<string, PeerLagObservation>;
+}
+
+/** This region's replication from one peer. */
+export interface PeerLagObservation {
+  lagSec: number;
+  /** Source commit time (ms) of the last change or heartbeat applied from the peer. */
+  sourceCommitAt: number | undefined;
+  /**
+   * The worst lag seen from the peer in the half minute before it was last known
+   * alive (the controller keeps the history). When the peer dies, this is how far
+   * behind this region was at the failure, which the growing current lag is not.
+   */
+  lagBeforeFailureSec?: number;
 }
 
 export interface Observation {
@@ -139,13 +152,18 @@ export class Runbook {
     return [...this.regions.values()].filter((r) => r.name !== name && inRotation(r) && obs.get(r.name) && this.#healthy(obs.get(r.name)!)).map((r) => r.name);
   }
 
-  /** Seconds of `failed`'s writes each survivor may miss: failure time − last applied commit from it. */
+  /**
+   * Seconds of `failed`'s writes each survivor may miss: its replication lag
+   * from the failed region just before the failure when the controller saw it,
+   * else the failure time − the last change it applied from there.
+   */
   #rpoExposure(failed: string, at: number, obs: Map<string, RegionObservation>, survivors: string[]): Record<string, number> {
     const out: Record<string, number> = {};
     for (const s of survivors) {
       const lag = obs.get(s)?.lagFrom?.[failed];
       if (!lag) continue;
-      out[s] = lag.sourceCommitAt === undefined ? lag.lagSec : Math.max(0, (at - lag.sourceCommitAt) / 1000);
+      if (lag.lagBeforeFailureSec !== undefined) out[s] = lag.lagBeforeFailureSec;
+      else out[s] = lag.sourceCommitAt === undefined ? lag.lagSec : Math.max(0, (at - lag.sourceCommitAt) / 1000);
     }
     return out;
   }
