@@ -17,6 +17,8 @@ test('parseAgentStatus reads the agent report: lag, bytes, rates, conflicts by k
       {
         peer: 'aws-south',
         state: 'streaming',
+        activity: 'waiting for changes',
+        activitySince: '2026-01-01T00:00:00.700Z',
         sourceCommitAt: '2026-01-01T00:00:00.600Z',
         appliedAt: '2026-01-01T00:00:00.700Z',
         lagSec: 0.4,
@@ -38,6 +40,8 @@ test('parseAgentStatus reads the agent report: lag, bytes, rates, conflicts by k
       {
         peer: 'gcp-north',
         state: 'backoff',
+        activity: 'connecting',
+        activitySince: '2026-01-01T00:00:00.000Z',
         sourceCommitAt: null,
         appliedAt: null,
         lagSec: null,
