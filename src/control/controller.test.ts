@@ -26,7 +26,7 @@ import { databaseLagReader } from './daemon.ts';
 const TOKEN = 'controller-test-token';
 const INTERVAL = 200;
 const THRESHOLD = 3;
-const WAIT_SEC = 2;
+const WAIT_SEC = 3;
 
 /** An HTTP health target whose answer the test switches. */
 async function healthTarget(host: string) {
@@ -237,4 +237,21 @@ test('a manual failover toward a lagging region is refused without --force; with
   const back = await tandem(['failback', 'west', '-c', configFile], { env });
   assert.equal(back.code, 0, back.stderr);
   await until('west back', () => undrainedEverywhere('west'));
+});
+
+test('a flapping region is not drained twice within the wait period', async () => {
+  await until('every region serving', () => controllers[0]!.status().regions.every((r) => r.phase === 'serving'));
+  const drainsBefore = controllers[0]!.auditLog.read(1000).filter((e) => e.action === 'drained' && e.region === 'west').length;
+  // Down long enough to be confirmed, up long enough to recover, over and over, inside one wait period.
+  const t0 = Date.now();
+  let down = true;
+  while (Date.now() - t0 < WAIT_SEC * 1000 * 0.9) {
+    targets[1]!.set(down ? 'fail' : 'ok');
+    await new Promise((r) => setTimeout(r, down ? INTERVAL * (THRESHOLD + 1) : INTERVAL * 3));
+    down = !down;
+  }
+  targets[1]!.set('ok');
+  const drains = controllers[0]!.auditLog.read(1000).filter((e) => e.action === 'drained' && e.region === 'west').length - drainsBefore;
+  assert.ok(drains <= 1, `drained ${drains} times while flapping`);
+  await until('west serving again', () => controllers[0]!.status().regions.find((r) => r.name === 'west')?.phase === 'serving' && undrainedEverywhere('west'), 20_000);
 });
