@@ -40,7 +40,7 @@ export interface AgentOptions {
   api?: boolean;
   /** Relative custom resolver modules are resolved against this directory (the config file's). */
   baseDir?: string;
-  /** Tuning for tests. */
+  /** Reconnect backoff (default: `replication.reconnect`). */
   backoff?: { minMs: number; maxMs: number };
   recheckIntervalMs?: number;
   stream?: { statusIntervalMs?: number; receiveTimeoutMs?: number };
@@ -264,7 +264,8 @@ export class ReplicationAgent extends BaseService {
           applied: (peerName: string, stats: ApplyStats, txns: number, seconds: number) => this.#onApplied(peerName, stats, txns, seconds),
           reconnect: (peerName: string) => this.#metrics.reconnects.inc({ peer: peerName }),
         },
-        ...(this.#o.backoff ? { backoff: this.#o.backoff } : {}),
+        backoff: this.#o.backoff ?? cfg.replication.reconnect,
+        applyTimeoutMs: cfg.replication.applyTimeoutSec * 1000,
         ...(this.#o.recheckIntervalMs ? { recheckIntervalMs: this.#o.recheckIntervalMs } : {}),
         ...(this.#o.stream ? { stream: this.#o.stream } : {}),
       });

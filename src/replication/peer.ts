@@ -14,11 +14,11 @@
  * capped exponential backoff. Nothing is acknowledged that is not committed,
  * so a restart at any moment neither loses nor repeats a transaction.
  */
-import type pg from 'pg';
+import pg from 'pg';
 import { BaseService, sleep } from '../core/lifecycle.ts';
 import { TandemError, toError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
-import { connectClient } from '../core/pg.ts';
+import { pgClientConfig } from '../core/pg.ts';
 import { tableKey } from '../core/sql.ts';
 import type { PgConnectionConfig } from '../core/config/common.ts';
 import { Applier, type ApplyStats, type Batch, type Change, type PausedTable, type RowChange } from './apply.ts';
@@ -52,6 +52,9 @@ export interface PeerStatus {
   reconnects: number;
   lastError: string | null;
   lastErrorAt: string | null;
+  /** What the pipeline is doing right now, and since when (a stuck pipeline says what it waits for). */
+  activity: string;
+  activitySince: string;
 }
 
 /** Counters and gauges the agent exposes; the pipeline calls these. */
@@ -78,6 +81,8 @@ export interface PeerPipelineOptions {
   backoff?: { minMs: number; maxMs: number };
   /** How often paused tables are re-checked (drift fixed?) and the catalog re-read. */
   recheckIntervalMs?: number;
+  /** Client-side deadline of one apply statement (ms); the session is dropped and rebuilt after it. */
+  applyTimeoutMs?: number;
   /** Stream tuning passed through (tests use short timeouts). */
   stream?: { statusIntervalMs?: number; receiveTimeoutMs?: number };
   events?: { onPause?(p: PausedTable): void; onResume?(table: string, replayed: number): void };
@@ -203,6 +208,11 @@ export class PeerPipeline extends BaseService {
   #queue: UnitQueue | undefined;
   #stream: ReplicationStream | undefined;
   #recheckDue = 0;
+  #activity = { what: 'starting', since: new Date() };
+
+  #doing(what: string): void {
+    this.#activity = { what, since: new Date() };
+  }
 
   constructor(opts: PeerPipelineOptions) {
     super();
@@ -251,6 +261,8 @@ export class PeerPipeline extends BaseService {
       reconnects: this.#reconnects,
       lastError: this.#lastError?.message ?? null,
       lastErrorAt: this.#lastError?.at.toISOString() ?? null,
+      activity: this.#activity.what,
+      activitySince: this.#activity.since.toISOString(),
     };
   }
 
@@ -280,9 +292,10 @@ export class PeerPipeline extends BaseService {
       let stream: ReplicationStream | undefined;
       let healthy = false;
       try {
-        db = await connectClient(this.#o.target, { applicationName: `tandem-apply-${this.#o.peer}` }, `${this.#o.localRegion} database`);
-        db.on('error', (err) => this.#log.debug({ err: err.message }, 'target connection error'));
+        this.#doing('connecting to this region\'s database');
+        db = await this.#connectTarget();
         this.#applier.attach(db);
+        this.#doing('reading the replication origin\'s progress');
         this.#progress = await this.#applier.init();
         if (this.#acked < this.#progress) this.#acked = this.#progress;
         signal.throwIfAborted();
@@ -300,6 +313,7 @@ export class PeerPipeline extends BaseService {
           ...(this.#o.stream ?? {}),
         });
         this.#stream = stream;
+        this.#doing(`connecting to ${this.#o.peer}`);
         await stream.start(signal);
         this.#state = 'streaming';
         this.#log.info({ startLsn: formatLsn(this.#progress) }, `streaming from ${this.#o.peer}`);
@@ -319,16 +333,31 @@ export class PeerPipeline extends BaseService {
         this.#queue?.close();
         await stream?.stop().catch(() => {});
         this.#stream = undefined;
-        await db?.end().catch(() => {});
+        if (db) await closeClient(db);
       }
       if (signal.aborted) break;
       this.#reconnects++;
       this.#o.metrics?.reconnect(this.#o.peer);
       this.#state = 'backoff';
+      this.#doing(`waiting ${Math.round(delay)} ms before reconnecting`);
       await sleep(delay * (0.75 + Math.random() * 0.5), signal).catch(() => {});
       delay = Math.min(backoff.maxMs, delay * 2);
     }
     this.#state = 'stopped';
+  }
+
+  /** The apply session: this region's database, with a client-side deadline on every statement. */
+  async #connectTarget(): Promise<pg.Client> {
+    const config = pgClientConfig(this.#o.target, { applicationName: `tandem-apply-${this.#o.peer}` }, `${this.#o.localRegion} database`);
+    const db = new pg.Client({ ...config, query_timeout: this.#o.applyTimeoutMs ?? 60_000 } as pg.ClientConfig);
+    db.on('error', (err) => this.#log.debug({ err: err.message }, 'target connection error'));
+    try {
+      await db.connect();
+    } catch (cause) {
+      await closeClient(db);
+      throw new TandemError('TANDEM_ERR_REPLICATION', `cannot connect to ${this.#o.localRegion}'s database at ${this.#o.target.host}:${this.#o.target.port}: ${(cause as Error).message}`, { cause });
+    }
+    return db;
   }
 
   /** Run the reader and the applier of one session until one of them fails or we are stopped. */
@@ -445,8 +474,10 @@ export class PeerPipeline extends BaseService {
 
     const applierLoop = (async () => {
       for (;;) {
+        this.#doing('waiting for changes');
         const units = await queue.take(maxTransactions, maxRows);
         if (!units) return;
+        this.#doing(`applying ${units.filter((u) => u.kind === 'txn').length} transaction(s)${units[0]?.kind === 'chunk' ? ' (a chunk of a large one)' : ''}`);
         try {
           await this.#applyUnits(units, stream);
           onProgress();
@@ -455,6 +486,7 @@ export class PeerPipeline extends BaseService {
         }
         if (Date.now() >= this.#recheckDue && !this.#applier.chunkOpen) {
           this.#recheckDue = Date.now() + (this.#o.recheckIntervalMs ?? 5_000);
+          this.#doing('re-checking paused tables');
           await this.#recheck();
         }
       }
@@ -554,6 +586,17 @@ export class PeerPipeline extends BaseService {
     const written = this.#walEnd !== undefined && this.#walEnd > this.#acked ? this.#walEnd : this.#acked;
     stream.sendStatus({ written, flushed: this.#acked, applied: this.#acked });
   }
+}
+
+/** End a client without waiting forever on a connection that is stuck: destroy its socket after 2 s. */
+async function closeClient(db: pg.Client): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const ended = db.end().catch(() => {});
+  const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), 2_000)));
+  if ((await Promise.race([ended, timedOut])) === 'timeout') {
+    (db as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+  }
+  clearTimeout(timer);
 }
 
 /** Parse a heartbeat's JSON (`{region, at}` with `at` in Unix µs or ISO); undefined when malformed. */

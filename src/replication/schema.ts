@@ -129,7 +129,9 @@ export function captureTriggerDdl(t: TableName, keyColumns: readonly string[], r
 BEGIN
   INSERT INTO tandem.row_versions AS v (relname, pk, commit_ts, region, xid, deleted)
   VALUES (${sqlLiteral(tableKey(t))}, ${pkOld}, NULL, ${sqlLiteral(region)}, pg_current_xact_id(), true)
-  ON CONFLICT (relname, pk) DO UPDATE SET commit_ts = NULL, region = EXCLUDED.region, xid = EXCLUDED.xid, deleted = true, priority = false;
+  ON CONFLICT (relname, pk) DO UPDATE SET commit_ts = NULL, region = EXCLUDED.region, xid = EXCLUDED.xid, deleted = true,
+    -- a region-priority trigger of this same transaction may have marked the tombstone as inheriting the rank
+    priority = (v.xid = EXCLUDED.xid AND v.priority);
   RETURN NULL;
 END
 $tandem$`,
@@ -137,6 +139,90 @@ $tandem$`,
     `CREATE OR REPLACE TRIGGER ${quoteIdent(CAPTURE_DELETE_TRIGGER)} AFTER DELETE ON ${table} FOR EACH ROW EXECUTE FUNCTION ${fn}()`,
     `CREATE OR REPLACE TRIGGER ${quoteIdent(CAPTURE_KEY_CHANGE_TRIGGER)} AFTER UPDATE OF ${keyColumns.map(quoteIdent).join(', ')} ON ${table}
        FOR EACH ROW WHEN (${changed}) EXECUTE FUNCTION ${fn}()`,
+  ];
+}
+
+/** Name of the region-priority trigger function of one table. */
+export function priorityFunctionName(t: TableName): string {
+  const h = createHash('sha256').update(tableKey(t)).digest('hex').slice(0, 16);
+  return `capture_priority_${h}`;
+}
+
+export const PRIORITY_TRIGGER_BEFORE = 'tandem_priority_before';
+export const PRIORITY_TRIGGER_AFTER = 'tandem_priority_after';
+
+/**
+ * region-priority tables, in every region except the priority one: a local
+ * write that replaces a version of the priority region (or one that already
+ * inherited its rank) inherits the rank. The trigger records that in
+ * `row_versions` (so this region's own view of the row's version agrees) and
+ * emits a transactional `tandem.priority` message with the key, which the
+ * peers' agents read from the stream and apply to that write's version.
+ * Without it, a later write over the priority region's row would lose in
+ * every other region but stay here: divergence.
+ *
+ * UPDATE/DELETE are checked BEFORE the row changes (the replaced version's
+ * xmin is still readable); INSERT AFTER (only a real insert, over a tombstone).
+ */
+export function priorityTriggerDdl(t: TableName, keyColumns: readonly string[], region: string, priorityRegion: string): string[] {
+  const fn = `tandem.${quoteIdent(priorityFunctionName(t))}`;
+  const table = quoteTable(t);
+  const rel = sqlLiteral(tableKey(t));
+  const pkOf = (rec: string) => `ARRAY[${keyColumns.map((c) => `(${rec}.${quoteIdent(c)})::text`).join(', ')}]::text[]`;
+  const match = keyColumns.map((c) => `t.${quoteIdent(c)} = OLD.${quoteIdent(c)}`).join(' AND ');
+  const settings = CANONICAL_SETTINGS.map(([k, v]) => `SET ${k} TO ${sqlLiteral(v)}`).join(' ');
+  const ranked = `(e.priority OR e.region = ${sqlLiteral(priorityRegion)})`;
+  const mark = (pk: string, deleted: string) => `
+      PERFORM pg_logical_emit_message(true, ${sqlLiteral(PRIORITY_PREFIX)}, json_build_array(${rel}, ${pk})::text);
+      INSERT INTO tandem.row_versions AS v (relname, pk, commit_ts, region, xid, deleted, priority)
+      VALUES (${rel}, ${pk}, NULL, ${sqlLiteral(region)}, pg_current_xact_id(), ${deleted}, true)
+      ON CONFLICT (relname, pk) DO UPDATE SET commit_ts = NULL, region = EXCLUDED.region, xid = EXCLUDED.xid, deleted = EXCLUDED.deleted, priority = true;`;
+  return [
+    `CREATE OR REPLACE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql ${settings} AS $tandem$
+DECLARE
+  oldpk text[];
+  newpk text[];
+  x xid;
+  e record;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    newpk := ${pkOf('NEW')};
+    SELECT v.deleted, v.priority, v.region INTO e FROM tandem.row_versions v WHERE v.relname = ${rel} AND v.pk = newpk;
+    IF FOUND AND e.deleted AND ${ranked} THEN${mark('newpk', 'false')}
+    END IF;
+    RETURN NULL;
+  END IF;
+  oldpk := ${pkOf('OLD')};
+  SELECT t.xmin INTO x FROM ${table} t WHERE ${match};
+  SELECT v.deleted, v.priority, v.region, v.xid, v.commit_ts INTO e FROM tandem.row_versions v WHERE v.relname = ${rel} AND v.pk = oldpk;
+  -- The entry describes the replaced row version when it was written with it: same transaction, or (for an
+  -- entry this trigger wrote, whose row may carry a subtransaction id) the same commit.
+  IF FOUND AND NOT e.deleted AND ${ranked}
+     AND (xid(e.xid) = x OR (e.commit_ts IS NULL AND pg_xact_commit_timestamp(xid(e.xid)) = pg_xact_commit_timestamp(x))) THEN
+    IF TG_OP = 'DELETE' THEN${mark('oldpk', 'true')}
+    ELSE
+      newpk := ${pkOf('NEW')};
+      IF newpk <> oldpk THEN${mark('oldpk', 'true')}
+      END IF;${mark('newpk', 'false')}
+    END IF;
+  END IF;
+  IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+  RETURN NEW;
+END
+$tandem$`,
+    `COMMENT ON FUNCTION ${fn}() IS ${sqlLiteral(`tandem: region-priority rank inheritance for ${tableKey(t)} (priority region ${priorityRegion})`)}`,
+    `CREATE OR REPLACE TRIGGER ${quoteIdent(PRIORITY_TRIGGER_BEFORE)} BEFORE UPDATE OR DELETE ON ${table} FOR EACH ROW EXECUTE FUNCTION ${fn}()`,
+    `CREATE OR REPLACE TRIGGER ${quoteIdent(PRIORITY_TRIGGER_AFTER)} AFTER INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${fn}()`,
+  ];
+}
+
+/** DDL that removes the region-priority triggers and function of one table. */
+export function dropPriorityTriggerDdl(t: TableName): string[] {
+  const table = quoteTable(t);
+  return [
+    `DROP TRIGGER IF EXISTS ${quoteIdent(PRIORITY_TRIGGER_BEFORE)} ON ${table}`,
+    `DROP TRIGGER IF EXISTS ${quoteIdent(PRIORITY_TRIGGER_AFTER)} ON ${table}`,
+    `DROP FUNCTION IF EXISTS tandem.${quoteIdent(priorityFunctionName(t))}()`,
   ];
 }
 

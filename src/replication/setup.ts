@@ -19,6 +19,8 @@ import {
   SCHEMA_DDL,
   captureTriggerDdl,
   dropCaptureTriggerDdl,
+  dropPriorityTriggerDdl,
+  priorityTriggerDdl,
   originName,
   slotName,
 } from './schema.ts';
@@ -27,6 +29,13 @@ import { createLogicalSlot, dropSlot, type Queryable } from './slot.ts';
 /** The replicated tables of a config as parsed names. */
 export function configuredTables(config: Config): TableName[] {
   return config.replication.tables.map((t) => parseTableName(t));
+}
+
+/** region-priority tables of a config: table key → the priority region. */
+export function priorityTables(config: Config): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [table, p] of Object.entries(config.replication.conflicts)) if (p.policy === 'region-priority') out.set(tableKey(parseTableName(table)), p.region);
+  return out;
 }
 
 /**
@@ -69,7 +78,10 @@ export async function validateTables(db: Queryable, tables: readonly TableName[]
  * database (the per-region half of setup). Idempotent; refuses a database
  * that already belongs to another region.
  */
-export async function installRegion(db: Queryable, opts: { region: string; tables: readonly TableName[]; where?: string }): Promise<Map<string, TargetTable>> {
+export async function installRegion(
+  db: Queryable,
+  opts: { region: string; tables: readonly TableName[]; where?: string; /** region-priority tables: table key → priority region */ priority?: ReadonlyMap<string, string> },
+): Promise<Map<string, TargetTable>> {
   const where = opts.where ?? opts.region;
   const described = await validateTables(db, opts.tables, where);
   await db.query('BEGIN');
@@ -86,7 +98,11 @@ export async function installRegion(db: Queryable, opts: { region: string; table
     }
     if (!rows[0]) await db.query('INSERT INTO tandem.node (region) VALUES ($1)', [opts.region]);
     for (const t of described.values()) {
-      for (const ddl of captureTriggerDdl(t.name, t.keyColumns.map((c) => c.name), opts.region)) await db.query(ddl);
+      const keys = t.keyColumns.map((c) => c.name);
+      for (const ddl of captureTriggerDdl(t.name, keys, opts.region)) await db.query(ddl);
+      const p = opts.priority?.get(t.key);
+      const ddls = p && p !== opts.region ? priorityTriggerDdl(t.name, keys, opts.region, p) : dropPriorityTriggerDdl(t.name);
+      for (const ddl of ddls) await db.query(ddl);
     }
     // Tables that left replication.tables lose their capture triggers.
     const { rows: stale } = await db.query<{ schema: string; table: string }>(
@@ -98,7 +114,7 @@ export async function installRegion(db: Queryable, opts: { region: string; table
     const keep = new Set(described.keys());
     for (const s of stale) {
       const name = { schema: s.schema, table: s.table };
-      if (!keep.has(tableKey(name))) for (const ddl of dropCaptureTriggerDdl(name)) await db.query(ddl);
+      if (!keep.has(tableKey(name))) for (const ddl of [...dropCaptureTriggerDdl(name), ...dropPriorityTriggerDdl(name)]) await db.query(ddl);
     }
     await db.query('COMMIT');
   } catch (err) {
@@ -205,7 +221,7 @@ export async function setupReplication(config: Config, opts: SetupOptions = {}):
     }
     for (const c of conns) {
       const actions: string[] = [];
-      await installRegion(c.db, { region: c.region, tables });
+      await installRegion(c.db, { region: c.region, tables, priority: priorityTables(config) });
       actions.push(`schema tandem and capture triggers on ${tables.length} table(s)`);
       actions.push(`publication ${PUBLICATION} ${await ensurePublication(c.db, tables)}`);
       for (const peer of conns) {

@@ -7,7 +7,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startBed, waitConverged, waitFor, type Bed } from './harness.ts';
+import { startBed, waitCaughtUp, waitConverged, waitFor, type Bed } from './harness.ts';
 
 const BIG = 'x'.repeat(6000);
 
@@ -147,6 +147,29 @@ describe('conflicts across three regions (WAN links, partitions)', () => {
     bed.heal();
     const final = JSON.parse(await waitConverged(bed, 'prio', 'k'));
     assert.deepEqual(final, [{ k: 1, v: 'two-earlier' }]);
+  });
+
+  test('region-priority: a later write over the priority region\'s row inherits its rank, so it wins everywhere', async () => {
+    // r-two (priority) writes; r-one updates afterwards, having seen it; r-three deletes a row r-one then changes.
+    await q(1, `INSERT INTO prio VALUES (2, 'two'), (3, 'two')`);
+    await waitConverged(bed, 'prio', 'k');
+    await waitCaughtUp(bed);
+    await q(0, `UPDATE prio SET v = 'one-after-two' WHERE k = 2`);
+    await q(2, `DELETE FROM prio WHERE k = 3`);
+    await waitCaughtUp(bed);
+    const final = JSON.parse(await waitConverged(bed, 'prio', 'k'));
+    assert.deepEqual(final, [
+      { k: 1, v: 'two-earlier' },
+      { k: 2, v: 'one-after-two' },
+    ]);
+    // A concurrent write of a non-priority region that had not seen the inherited one still loses to it.
+    bed.isolate(2);
+    await q(2, `UPDATE prio SET v = 'three-concurrent' WHERE k = 1`);
+    await q(0, `UPDATE prio SET v = 'one-inherits' WHERE k = 1`);
+    bed.heal();
+    await waitCaughtUp(bed);
+    const after = JSON.parse(await waitConverged(bed, 'prio', 'k'));
+    assert.equal(after.find((r: { k: number }) => r.k === 1).v, 'one-inherits');
   });
 
   test('custom resolver: both sides merged by the module, identically everywhere', async () => {

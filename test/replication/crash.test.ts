@@ -11,14 +11,22 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { killChild, snapshot, spawnAgent, startBed, waitFor, type Bed } from './harness.ts';
 import { sleep } from '../../src/core/lifecycle.ts';
+import { callApi } from '../../src/core/http.ts';
+import { freePort } from '../helpers/ports.ts';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 
 let bed: Bed;
 let agent: ChildProcess | undefined;
 let sourceTxns = 0;
 let nextId = 1;
 
+let statusUrl = '';
 before(async () => {
+  const port = await freePort('127.0.2.1');
+  statusUrl = `http://127.0.2.1:${port}/v1/status`;
   bed = await startBed({
+    agentPorts: [0, port],
     regions: 2,
     ddl: [`CREATE TABLE ledger (id int PRIMARY KEY, payload text NOT NULL)`, `CREATE TABLE counter (id int PRIMARY KEY, n int NOT NULL)`],
     tables: ['public.ledger', 'public.counter'],
@@ -68,6 +76,28 @@ async function appliedTxns(): Promise<number> {
 }
 
 test('kill -9 of the agent mid-batch, and of either PostgreSQL, loses and duplicates nothing', { timeout: 150_000 }, async (t) => {
+  try {
+    await scenario(t);
+  } catch (err) {
+    try {
+      t.diagnostic(`agent status: ${JSON.stringify(await callApi(statusUrl, { token: 'test-token', timeoutMs: 2000 }))}`);
+      const act = await bed.db[1]!.query(`SELECT pid, application_name, state, wait_event_type, wait_event, xact_start, left(query, 80) AS q FROM pg_stat_activity WHERE application_name LIKE 'tandem%'`);
+      t.diagnostic(`r-two sessions: ${JSON.stringify(act.rows)}`);
+    } catch (e) {
+      t.diagnostic(`no agent status: ${(e as Error).message}`);
+    }
+    // The agent's own log explains most failures; it lives in the bed's directory, which after() removes.
+    try {
+      const log = readFileSync(path.join(bed.dir, 'agent-r-two.log'), 'utf8').trim().split('\n');
+      t.diagnostic(`agent log (last 30 lines):\n${log.slice(-30).join('\n')}`);
+    } catch {
+      // no log
+    }
+    throw err;
+  }
+});
+
+async function scenario(t: { diagnostic(msg: string): void }): Promise<void> {
   agent = spawnAgent(bed, 1);
   await bed.db[0]!.query(`INSERT INTO counter VALUES (1, 0)`); // seeded through replication, so both regions share its version
   sourceTxns++;
@@ -113,4 +143,4 @@ test('kill -9 of the agent mid-batch, and of either PostgreSQL, loses and duplic
   const cf = (await bed.db[1]!.query(`SELECT kind, decision, reason, relname, pk, local_region, remote_region, local_commit_ts, remote_commit_ts, source_lsn FROM tandem.conflicts`)).rows;
   assert.deepEqual(cf, []);
   t.diagnostic(`${sourceTxns} source transactions, ${rows} rows, applied exactly once`);
-});
+}

@@ -210,7 +210,7 @@ export function spawnAgent(bed: Bed, i: number, env: Record<string, string> = {}
   const log = createWriteStream(path.join(bed.dir, `agent-${bed.regions[i]}.log`), { flags: 'a' });
   const child = spawn(process.execPath, ['bin/tandem.js', 'replicate', 'run', '-c', bed.configFile, '--region', bed.regions[i]!], {
     cwd: path.resolve(import.meta.dirname, '../..'),
-    env: { ...process.env, TANDEM_LOG_LEVEL: 'info', [PASSWORD_ENV]: TEST_PG_PASSWORD, ...env },
+    env: { ...process.env, TANDEM_LOG_LEVEL: 'info', TANDEM_ADMIN_TOKEN: 'test-token', [PASSWORD_ENV]: TEST_PG_PASSWORD, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   child.stdout!.pipe(log);

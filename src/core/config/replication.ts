@@ -35,6 +35,20 @@ export const replication = z
       .default({ maxTransactions: 500, maxRows: 10_000 }),
     /** Give each region interleaved sequences (increment = number of regions). */
     interleaveSequences: z.boolean().default(false),
+    /**
+     * Client-side deadline of one apply statement. A session whose server died without the connection
+     * closing would otherwise wait forever; after this the pipeline reconnects and retries.
+     */
+    applyTimeoutSec: sec.default(60),
+    /** Backoff between reconnects of a peer pipeline after an error: from minMs, doubling, capped at maxMs. */
+    reconnect: z
+      .object({
+        minMs: ms.default(500),
+        maxMs: ms.default(30_000),
+      })
+      .strict()
+      .refine((r) => r.minMs <= r.maxMs, { message: 'minMs must not exceed maxMs', path: ['minMs'] })
+      .default({ minMs: 500, maxMs: 30_000 }),
   })
   .strict();
 export type ReplicationConfig = z.output<typeof replication>;

@@ -1,0 +1,138 @@
+/**
+ * Setup's refusals and checks against real PostgreSQL: missing
+ * prerequisites (with the exact fix), tables without a primary key, types
+ * without a stable text form; idempotent setup and teardown.
+ *
+ * Two "regions" share one server here (two databases), which is enough for
+ * everything setup does and saves starting servers.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import type pg from 'pg';
+import { startCluster, client, TEST_PG_PASSWORD, type TestCluster } from '../../test/helpers/pg.ts';
+import { parseConfig, type Config } from '../core/config/index.ts';
+import { isTandemError } from '../core/errors.ts';
+import { checkPrerequisites } from './prereq.ts';
+import { installRegion, setupReplication, teardownReplication } from './setup.ts';
+import { parseTableName } from '../core/sql.ts';
+
+process.env.TANDEM_SETUP_TEST_PW = TEST_PG_PASSWORD;
+
+function configFor(server: { options: { host: string; port: number } }, tables: string[]): Config {
+  const db = (database: string) => ({ host: server.options.host, port: server.options.port, database, user: 'postgres', password: { env: 'TANDEM_SETUP_TEST_PW' } });
+  return parseConfig({
+    regions: [
+      { name: 'aws-south', addresses: ['127.0.1.1'], healthUrl: 'http://127.0.1.1/healthz', database: db('tandem') },
+      { name: 'azure-west', addresses: ['127.0.2.1'], healthUrl: 'http://127.0.2.1/healthz', database: db('second') },
+    ],
+    replication: { tables },
+  });
+}
+
+describe('setup on a server that is not ready', () => {
+  let cluster: TestCluster;
+  let db: pg.Client;
+  before(async () => {
+    cluster = await startCluster(1, { settings: { wal_level: 'replica', track_commit_timestamp: 'off', max_replication_slots: 1 } });
+    db = await client(cluster.servers[0]!);
+    await db.query('CREATE DATABASE second');
+  });
+  after(async () => {
+    await db?.end();
+    await cluster?.stop();
+  });
+
+  test('every unmet prerequisite is listed with the exact fix, before anything changes', async () => {
+    const rep = await checkPrerequisites(db, { slots: 2, senders: 2, role: 'setup' });
+    assert.equal(rep.platform, 'postgres');
+    const what = rep.problems.map((p) => p.what);
+    assert.deepEqual(what.sort(), ['max_replication_slots', 'track_commit_timestamp', 'wal_level'].sort());
+    assert.match(rep.problems.find((p) => p.what === 'wal_level')!.fix, /ALTER SYSTEM SET wal_level = 'logical'; then restart PostgreSQL/);
+    await assert.rejects(
+      setupReplication(configFor(cluster.servers[0]!, [])),
+      (err: unknown) => isTandemError(err, 'TANDEM_ERR_PG_PREREQ') && /aws-south: wal_level is replica, needs logical/.test(err.message) && /track_commit_timestamp/.test(err.message),
+    );
+    const { rows } = await db.query(`SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = 'tandem'`);
+    assert.equal(rows[0].n, 0, 'nothing was created');
+  });
+
+  test('a role without privileges is told what to grant', async () => {
+    await db.query(`CREATE ROLE weak LOGIN PASSWORD 'weak-pw'`);
+    const weak = await client(cluster.servers[0]!);
+    try {
+      await weak.query('SET ROLE weak');
+      const rep = await checkPrerequisites(weak, { slots: 1, senders: 1, role: 'agent' });
+      const fixes = rep.problems.map((p) => p.fix).join('\n');
+      assert.match(fixes, /ALTER ROLE "weak" WITH REPLICATION/);
+      assert.match(fixes, /GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup\(text\) TO "weak"/);
+      assert.match(fixes, /GRANT SET ON PARAMETER session_replication_role TO "weak"/);
+    } finally {
+      await weak.end();
+    }
+  });
+});
+
+describe('setup on ready servers', () => {
+  let cluster: TestCluster;
+  let db: pg.Client;
+  let second: pg.Client;
+  before(async () => {
+    cluster = await startCluster(1);
+    db = await client(cluster.servers[0]!);
+    await db.query('CREATE DATABASE second');
+    second = await client(cluster.servers[0]!, 'second');
+    for (const c of [db, second]) {
+      await c.query(`CREATE TABLE ok (id uuid PRIMARY KEY, v numeric, t timestamptz)`);
+      await c.query(`CREATE TABLE nopk (a int, b text)`);
+      await c.query(`CREATE TABLE money_t (id int PRIMARY KEY, price money)`);
+      await c.query(`CREATE TABLE numkey (id numeric PRIMARY KEY, v text)`);
+      await c.query(`CREATE DOMAIN positive_money AS money CHECK (VALUE > 0::money)`);
+      await c.query(`CREATE TABLE dom (id int PRIMARY KEY, p positive_money[])`);
+    }
+  });
+  after(async () => {
+    await db?.end();
+    await second?.end();
+    await cluster?.stop();
+  });
+
+  test('a table without a primary key is refused, naming it', async () => {
+    await assert.rejects(
+      setupReplication(configFor(cluster.servers[0]!, ['public.ok', 'public.nopk'])),
+      (err: unknown) => isTandemError(err, 'TANDEM_ERR_NO_PRIMARY_KEY') && /"public"\."nopk" has no primary key/.test(err.message),
+    );
+  });
+
+  test('types without a stable text form are refused, also behind domains and arrays; unstable key types too', async () => {
+    await assert.rejects(setupReplication(configFor(cluster.servers[0]!, ['public.money_t'])), (err: unknown) => isTandemError(err, 'TANDEM_ERR_UNSUPPORTED_TYPE') && /"price" \(money\)/.test(err.message));
+    await assert.rejects(setupReplication(configFor(cluster.servers[0]!, ['public.dom'])), (err: unknown) => isTandemError(err, 'TANDEM_ERR_UNSUPPORTED_TYPE') && /money: its text form depends on lc_monetary/.test(err.message));
+    await assert.rejects(setupReplication(configFor(cluster.servers[0]!, ['public.numkey'])), (err: unknown) => isTandemError(err, 'TANDEM_ERR_UNSUPPORTED_TYPE') && /numeric in the primary key/.test(err.message));
+  });
+
+  test('a missing table is named', async () => {
+    await assert.rejects(setupReplication(configFor(cluster.servers[0]!, ['public.nope'])), (err: unknown) => isTandemError(err, 'TANDEM_ERR_NOT_FOUND') && /"public"\."nope"/.test(err.message));
+  });
+
+  test('setup and teardown are idempotent and undo each other', async () => {
+    const config = configFor(cluster.servers[0]!, ['public.ok']);
+    const first = await setupReplication(config);
+    assert.ok(first.regions[0]!.actions.some((a) => a === 'slot tandem_azure_west created'));
+    assert.ok(first.regions[1]!.actions.some((a) => a === 'origin tandem_from_aws_south created'));
+    const again = await setupReplication(config);
+    assert.ok(!again.regions.some((r) => r.actions.some((a) => /^(slot|origin) .* created$/.test(a))));
+    const { rows: trig } = await db.query(`SELECT count(*)::int AS n FROM pg_trigger WHERE tgname LIKE 'tandem_capture%' AND tgrelid = 'public.ok'::regclass`);
+    assert.equal(trig[0].n, 2);
+    // The schema belongs to one region only.
+    await assert.rejects(installRegion(db, { region: 'azure-west', tables: [parseTableName('public.ok')] }), (err: unknown) => isTandemError(err, 'TANDEM_ERR_STATE') && /belongs to region "aws-south"/.test(err.message));
+    const down = await teardownReplication(config);
+    assert.ok(down.regions[0]!.actions.includes('slot tandem_azure_west dropped'));
+    const { rows } = await db.query(
+      `SELECT (SELECT count(*) FROM pg_replication_slots)::int AS slots, (SELECT count(*) FROM pg_replication_origin)::int AS origins,
+              (SELECT count(*) FROM pg_publication)::int AS pubs, (SELECT count(*) FROM pg_namespace WHERE nspname = 'tandem')::int AS schemas,
+              (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tandem_capture%')::int AS triggers`,
+    );
+    assert.deepEqual(rows[0], { slots: 0, origins: 0, pubs: 0, schemas: 0, triggers: 0 });
+    const twice = await teardownReplication(config);
+    assert.deepEqual(twice.regions.map((r) => r.actions), [[], []]);
+  });
+});
