@@ -74,12 +74,15 @@ export function register(program: Command): void {
 
   program
     .command('status')
-    .description('regions, health, drain state, replication lag and recent events, from the controllers')
+    .description('regions, health, drain state, replication lag, recent events (controllers) and active alerts (dashboard)')
+    .option('--dashboard <url>', 'where `tandem dashboard` (or the lab) serves alerts (env TANDEM_DASHBOARD_URL)', process.env.TANDEM_DASHBOARD_URL ?? 'http://127.0.0.1:7070')
     .option('--json', 'machine-readable')
     .action(async (o, cmd: Command) => {
       const config = commandConfig(cmd);
       const { status } = await anyControllerStatus(config);
-      output(Boolean(o.json), status, () =>
+      const { fetchAlerts } = await import('../observe/collector.ts');
+      const alerts = await fetchAlerts(String(o.dashboard), { token: adminToken(config), timeoutMs: 2_000 }).catch(() => undefined);
+      output(Boolean(o.json), { ...status, alerts: alerts ?? null }, () =>
         [
           `leader ${status.leader ?? 'none'} (asked ${status.region}); RPO ${status.rpoSec} s, RTO ${status.rtoSec} s`,
           ...status.regions.map(
@@ -90,6 +93,11 @@ export function register(program: Command): void {
           ),
           'recent events:',
           ...status.events.slice(-10).map((e) => `  ${e.iso}  ${e.region}  ${e.kind}: ${e.message}`),
+          alerts === undefined
+            ? `alerts: no dashboard answered at ${o.dashboard} (run \`tandem dashboard\` or pass --dashboard)`
+            : alerts.length === 0
+              ? 'alerts: none firing'
+              : ['alerts:', ...alerts.map((a) => `  ${a.severity.toUpperCase().padEnd(8)} ${a.title} (since ${a.since})`)].join('\n'),
         ].join('\n'),
       );
     });

@@ -255,3 +255,14 @@ test('a flapping region is not drained twice within the wait period', async () =
   assert.ok(drains <= 1, `drained ${drains} times while flapping`);
   await until('west serving again', () => controllers[0]!.status().regions.find((r) => r.name === 'west')?.phase === 'serving' && undrainedEverywhere('west'), 20_000);
 });
+
+test('a drain and a failback in quick succession leave the region in DNS answers', async () => {
+  await until('every region serving', () => controllers[0]!.status().regions.every((r) => r.phase === 'serving') && undrainedEverywhere('west'), 20_000);
+  const leader = `http://${config.regions[0]!.control!.listen.host}:${config.regions[0]!.control!.listen.port}`;
+  await callApi(`${leader}/v1/failover`, { method: 'POST', token: TOKEN, body: { region: 'west', force: true, reason: 'quick' }, actor: 'bob' });
+  await callApi(`${leader}/v1/failback`, { method: 'POST', token: TOKEN, body: { region: 'west', force: true }, actor: 'bob' });
+  await until('west undrained everywhere', () => undrainedEverywhere('west'));
+  await new Promise((r) => setTimeout(r, 1_000));
+  assert.ok(undrainedEverywhere('west'), 'still in answers a second later');
+  assert.equal(controllers[0]!.status().regions.find((r) => r.name === 'west')?.phase, 'serving');
+});

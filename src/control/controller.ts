@@ -72,6 +72,7 @@ export interface ControllerStatus {
 }
 
 const CONTROLLER_REASON = 'tandem-controller';
+const AUTO_DRAIN = /^tandem-controller \([^)]*\): auto:/;
 const AUDITED: RunbookEvent['kind'][] = ['confirmed', 'drained', 'drain-refused', 'rpo-breach', 'awaiting-operator', 'ready', 'failed-back', 'relapsed'];
 const NOTIFIED: RunbookEvent['kind'][] = ['drained', 'drain-refused', 'rpo-breach', 'awaiting-operator', 'failed-back'];
 
@@ -302,7 +303,8 @@ export class Controller extends BaseService {
       const entries = views.map((v) => v.regions.find((x) => x.name === name)).filter((x) => x !== undefined);
       if (entries.length === 0) continue;
       const drained = entries.filter((e) => e.drained);
-      const by = drained.some((e) => e.drainReason?.startsWith(CONTROLLER_REASON)) ? 'auto' : 'operator';
+      // The controller tags its drains "auto" or "operator"; a drain made straight on the DNS servers is an operator's.
+      const by = drained.some((e) => AUTO_DRAIN.test(e.drainReason ?? '')) ? 'auto' : 'operator';
       if (inRotation(rb)) {
         const adopt = leading ? (takingOver && drained.length > 0) || (drained.length === entries.length && by === 'operator') : drained.length > 0;
         if (adopt) this.#runbook.adoptDrained(name, by);
@@ -337,7 +339,7 @@ export class Controller extends BaseService {
 
   async #dnsCall(server: RegionConfig, target: string, action: 'drain' | 'undrain'): Promise<void> {
     const rb = this.#runbook.regions.get(target)!;
-    const reason = `${CONTROLLER_REASON} (${this.#o.region}): ${rb.drainedBy === 'operator' ? 'operator drain' : `${target} ${rb.phase}`}`;
+    const reason = `${CONTROLLER_REASON} (${this.#o.region}): ${rb.drainedBy === 'operator' ? 'operator' : 'auto'}: ${target} ${rb.phase}`;
     try {
       await callApi(`http://${hostPort(server.dns!.admin)}/v1/regions/${encodeURIComponent(target)}/${action}`, {
         method: 'POST',
@@ -346,6 +348,15 @@ export class Controller extends BaseService {
         actor: `controller:${this.#o.region}`,
         timeoutMs: 2_000,
       });
+      // Keep the cached view true to what we just did, so a second action before the next
+      // observation (a drain and a failback in one tick) sees the drain.
+      const view = this.#dnsViews.get(server.name);
+      const entry = view instanceof Error ? undefined : view?.regions.find((x) => x.name === target);
+      if (entry) {
+        entry.drained = action === 'drain';
+        if (action === 'drain') entry.drainReason = reason;
+        else delete entry.drainReason;
+      }
     } catch (err) {
       this.#log.warn({ err, server: server.name, target, action }, 'DNS admin call failed; retrying next tick');
     }
