@@ -374,11 +374,20 @@ export class ReplicationAgent extends BaseService {
   async #heartbeatLoop(signal: AbortSignal): Promise<void> {
     const interval = this.#o.config.replication.heartbeatIntervalMs;
     let db: pg.Client | undefined;
+    let emit = '';
     while (!signal.aborted) {
       try {
-        db ??= await this.#connectLocal('tandem-heartbeat');
+        if (!db) {
+          db = await this.#connectLocal('tandem-heartbeat');
+          // The message must reach disk now: walsenders decode only flushed WAL, and a non-transactional
+          // message is not flushed by itself (the WAL writer flushes full pages and async commits only).
+          // When every region is idle, unflushed heartbeats would stall each other and lag would grow forever.
+          // PostgreSQL 17 has a flush argument; before it, a transactional message is flushed by its commit.
+          const { rows } = await db.query<{ v: number }>(`SELECT current_setting('server_version_num')::int AS v`);
+          emit = rows[0]!.v >= 170000 ? 'SELECT pg_logical_emit_message(false, $1, $2, true)' : 'SELECT pg_logical_emit_message(true, $1, $2)';
+        }
         const at = BigInt(Date.now()) * 1000n;
-        await db.query('SELECT pg_logical_emit_message(false, $1, $2)', [HEARTBEAT_PREFIX, JSON.stringify({ region: this.#region.name, at: at.toString() })]);
+        await db.query(emit, [HEARTBEAT_PREFIX, JSON.stringify({ region: this.#region.name, at: at.toString() })]);
         this.#heartbeat = { lastAt: new Date(), lastError: null };
       } catch (err) {
         const message = toError(err).message;

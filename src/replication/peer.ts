@@ -376,7 +376,9 @@ export class PeerPipeline extends BaseService {
     const reader = (async () => {
       const relations = new Map<number, SourceRelation>();
       const types = new Map<number, { schema: string; name: string }>();
-      let txn: { commitUs: bigint; finalLsn: bigint; changes: Change[]; rows: number; spilled: boolean; priority: Set<string>; skip: boolean } | undefined;
+      let txn:
+        | { commitUs: bigint; finalLsn: bigint; changes: Change[]; rows: number; spilled: boolean; priority: Set<string>; skip: boolean; heartbeatUs?: bigint }
+        | undefined;
       for await (const item of stream.messages() as AsyncIterable<StreamItem>) {
         if (item.keepalive) {
           this.#noteWalEnd(item.walEnd);
@@ -441,6 +443,9 @@ export class PeerPipeline extends BaseService {
             if (m.prefix === HEARTBEAT_PREFIX && !m.transactional) {
               const atUs = parseHeartbeat(m.content);
               if (m.lsn > this.#progress && atUs !== undefined) queue.push({ kind: 'heartbeat', lsn: m.lsn, atUs });
+            } else if (m.prefix === HEARTBEAT_PREFIX && m.transactional && txn) {
+              // PostgreSQL 16 peers send heartbeats in a transaction of their own: it becomes a heartbeat at its commit.
+              txn.heartbeatUs = parseHeartbeat(m.content) ?? txn.commitUs;
             } else if (m.prefix === PRIORITY_PREFIX && m.transactional && txn) {
               txn.priority.add(m.content.toString('utf8'));
             }
@@ -451,6 +456,10 @@ export class PeerPipeline extends BaseService {
             txn = undefined;
             openTxn = false;
             if (t.skip || m.endLsn <= this.#progress) break; // applied before
+            if (t.heartbeatUs !== undefined && t.changes.length === 0 && !t.spilled) {
+              queue.push({ kind: 'heartbeat', lsn: m.endLsn, atUs: t.heartbeatUs });
+              break;
+            }
             if (t.priority.size > 0) markPriority(t.changes, t.priority);
             queue.push({ kind: 'txn', changes: t.changes, rows: t.rows, endLsn: m.endLsn, commitUs: t.commitUs, spilled: t.spilled });
             break;

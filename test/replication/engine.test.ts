@@ -10,6 +10,7 @@ import { readLag } from '../../src/replication/status.ts';
 import { setupReplication } from '../../src/replication/setup.ts';
 import { callApi } from '../../src/core/http.ts';
 import type { AgentStatusReport } from '../../src/replication/agent.ts';
+import { ReplicationStream } from '../../src/replication/stream.ts';
 
 describe('two regions', () => {
   let bed: Bed;
@@ -143,5 +144,23 @@ describe('tombstone expiry', () => {
     await waitFor('tombstones purged in both regions', async () => (await tomb(0)) === 0 && (await tomb(1)) === 0, 10_000);
     // Live versions stay.
     assert.equal((await bed.db[1]!.query(`SELECT count(*)::int AS n FROM tandem.row_versions WHERE NOT deleted`)).rows[0].n, 1);
+  });
+
+  test('heartbeats reach the peers of a completely idle region (they are flushed, not left in WAL buffers)', async () => {
+    // Only r-one's agent runs; nothing else writes anywhere, so nothing else would flush r-one's WAL.
+    await bed.stopAgent(1);
+    const stream = new ReplicationStream({ connection: bed.config.regions[0]!.database, slot: 'tandem_r_two', publication: 'tandem', startLsn: 0n });
+    await stream.start();
+    let heartbeats = 0;
+    const deadline = Date.now() + 2_500;
+    try {
+      for await (const item of stream.messages()) {
+        if (!item.keepalive && item.message.tag === 'message' && item.message.prefix === 'tandem.heartbeat') heartbeats++;
+        if (heartbeats >= 3 || Date.now() > deadline) break;
+      }
+    } finally {
+      await stream.stop();
+    }
+    assert.ok(heartbeats >= 3, `only ${heartbeats} heartbeats arrived from an idle region in 2.5 s`);
   });
 });

@@ -23,6 +23,8 @@ import type pg from 'pg';
 import { sleep } from '../../src/core/lifecycle.ts';
 import { compareVersions, type Version } from '../../src/replication/resolve.ts';
 import { killChild, snapshot, spawnAgent, startBed, waitFor, type Bed } from './harness.ts';
+import { freePort } from '../helpers/ports.ts';
+import { callApi } from '../../src/core/http.ts';
 import type { ChildProcess } from 'node:child_process';
 
 /** A small seeded PRNG (mulberry32). */
@@ -82,8 +84,10 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioReport> {
   const log = o.log ?? (() => {});
   const keys = o.keys ?? 16;
   const perRegion = o.clientsPerRegion ?? 2;
+  const agentPorts = [await freePort('127.0.1.1'), await freePort('127.0.2.1'), await freePort('127.0.3.1')];
   const bed = await startBed({
     regions: 3,
+    agentPorts,
     wan: { latencyMs: 2 },
     ddl: DDL,
     tables: ['public.reg'],
@@ -198,7 +202,22 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioReport> {
 
     // Everything up, then wait until every region has everything every other region committed.
     for (let i = 0; i < 3; i++) if (!agents[i] || agents[i]!.exitCode !== null) agents[i] = spawnAgent(bed, i);
-    await waitForQuiescence(bed);
+    try {
+      await waitForQuiescence(bed);
+    } catch (err) {
+      for (let i = 0; i < 3; i++) {
+        const st = await callApi<{ peers: Array<Record<string, unknown>>; heartbeat?: unknown }>(`http://127.0.${i + 1}.1:${agentPorts[i]}/v1/status`, { token: 'test-token', timeoutMs: 2_000 }).catch((e: Error) => ({ error: e.message, peers: [] as Array<Record<string, unknown>>, heartbeat: undefined as unknown }));
+        log(`  ${bed.regions[i]} heartbeat: ${JSON.stringify(st.heartbeat)} wal: ${JSON.stringify((await bed.db[i]!.query('SELECT pg_current_wal_insert_lsn()::text i, pg_current_wal_lsn()::text w, now() n')).rows[0])}`);
+        log(`  ${bed.regions[i]} agent: ${JSON.stringify(st.peers.map((p) => ({ peer: p.peer, state: p.state, activity: p.activity, since: p.activitySince, applied: p.appliedLsn, walEnd: p.walEnd, backlog: p.backlogTxns, lastError: p.lastError })))}`);
+        const act = await bed.db[i]!.query(`SELECT application_name, state, wait_event_type, wait_event, now() - xact_start AS xact_age, left(query, 60) AS q FROM pg_stat_activity WHERE application_name LIKE 'tandem%'`);
+        log(`  ${bed.regions[i]} sessions: ${JSON.stringify(act.rows)}`);
+        const slots = await bed.db[i]!.query(`SELECT slot_name, active, confirmed_flush_lsn::text, pg_current_wal_lsn()::text AS wal FROM pg_replication_slots`);
+        log(`  ${bed.regions[i]} slots: ${JSON.stringify(slots.rows)}`);
+        const rs = await bed.db[i]!.query(`SELECT peer, source_lsn::text, applied_at FROM tandem.replication_status`);
+        log(`  ${bed.regions[i]} status: ${JSON.stringify(rs.rows)}`);
+      }
+      throw err;
+    }
 
     // The facts: committed writes from each region's op_log.
     const writes: Array<{ key: string; value: string | null; version: Version }> = [];
@@ -245,23 +264,25 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioReport> {
   }
 }
 
-/** Wait until, twice in a row, every region has applied every peer's WAL up to where it was a moment ago. */
+/**
+ * Wait until every region has applied everything each peer had written when
+ * this was called (positions captured once; heartbeats carry progress past them).
+ */
 async function waitForQuiescence(bed: Bed): Promise<void> {
-  const lsn = async (i: number) => (await bed.db[i]!.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l as string;
+  const lsns = await Promise.all(bed.db.map(async (c) => (await c.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l as string));
   await waitFor(
     'replication to quiesce',
     async () => {
       for (let s = 0; s < 3; s++) {
-        const target = await lsn(s);
         for (let t = 0; t < 3; t++) {
           if (t === s) continue;
-          const { rows } = await bed.db[t]!.query(`SELECT source_lsn >= $1::pg_lsn AS ok FROM tandem.replication_status WHERE peer = $2`, [target, bed.regions[s]]);
+          const { rows } = await bed.db[t]!.query(`SELECT source_lsn >= $1::pg_lsn AS ok FROM tandem.replication_status WHERE peer = $2`, [lsns[s], bed.regions[s]]);
           if (!rows[0]?.ok) return false;
         }
       }
       return true;
     },
-    120_000,
+    Number(process.env.TANDEM_QUIESCE_MS ?? 120_000),
     250,
   );
 }
