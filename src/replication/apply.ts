@@ -282,13 +282,16 @@ export class Applier {
     const sets = [...CANONICAL_SETTINGS, ['session_replication_role', 'replica'] as const].map(([k, v]) => `SET ${k} = '${v.replaceAll("'", "''")}'`);
     await db.query(sets.join('; '));
     const origin = originName(this.#o.peer);
-    const { rows: o } = await db.query<{ ok: boolean }>('SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1) AS ok', [origin]);
-    if (!o[0]?.ok) {
-      throw new TandemError('TANDEM_ERR_STATE', `replication origin "${origin}" does not exist in this region; run \`tandem replicate setup\``);
-    }
     // A reused session may still have an origin set up (a previous applier on it).
     await db.query('SELECT pg_replication_origin_session_reset() WHERE pg_replication_origin_session_is_setup()');
-    await db.query('SELECT pg_replication_origin_session_setup($1)', [origin]);
+    try {
+      await db.query('SELECT pg_replication_origin_session_setup($1)', [origin]);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === '42704') throw new TandemError('TANDEM_ERR_STATE', `replication origin "${origin}" does not exist in this region; run \`tandem replicate setup\``, { cause: err });
+      if (code === '55006') throw new TandemError('TANDEM_ERR_STATE', `replication origin "${origin}" is in use by another session (is a second agent of this region running?)`, { cause: err });
+      throw err;
+    }
     const { rows } = await db.query<{ lsn: string | null }>('SELECT pg_replication_origin_progress($1, true)::text AS lsn', [origin]);
     await this.#loadParked();
     await this.refreshTargets();
