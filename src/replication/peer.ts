@@ -94,28 +94,20 @@ type Unit =
   | { kind: 'chunk'; changes: Change[]; rows: number }
   | { kind: 'heartbeat'; lsn: bigint; atUs: bigint };
 
-/** A bounded FIFO between reader and applier. */
+/** A bounded FIFO between reader and applier (array + head index: O(1) per unit). */
 class UnitQueue {
-  #items: Unit[] = [];
+  #items: (Unit | undefined)[] = [];
+  #head = 0;
   #rows = 0;
+  #txns = 0;
   #closed: Error | null | undefined; // undefined: open; null: closed cleanly; Error: failed
   #takeWaiter: (() => void) | undefined;
   #roomWaiter: (() => void) | undefined;
   /** Units taken by the applier and not yet committed (set synchronously inside take()). */
   #inFlight = false;
 
-  /** Nothing queued and nothing being applied: everything received is durable. */
-  get idle(): boolean {
-    return this.#items.length === 0 && !this.#inFlight;
-  }
-
-  /** The applier finished (committed or failed) what it took. */
-  done(): void {
-    this.#inFlight = false;
-  }
-
   get length(): number {
-    return this.#items.length;
+    return this.#items.length - this.#head;
   }
 
   get rows(): number {
@@ -123,13 +115,40 @@ class UnitQueue {
   }
 
   get txns(): number {
-    return this.#items.filter((u) => u.kind === 'txn').length;
+    return this.#txns;
+  }
+
+  /** Nothing queued and nothing being applied: everything received is durable. */
+  get idle(): boolean {
+    return this.length === 0 && !this.#inFlight;
+  }
+
+  /** The applier finished (committed or failed) what it took. */
+  done(): void {
+    this.#inFlight = false;
   }
 
   push(u: Unit): void {
     this.#items.push(u);
     this.#rows += u.kind === 'heartbeat' ? 0 : u.rows;
+    if (u.kind === 'txn') this.#txns++;
     this.#takeWaiter?.();
+  }
+
+  #peek(): Unit | undefined {
+    return this.#items[this.#head];
+  }
+
+  #shift(): Unit {
+    const u = this.#items[this.#head]!;
+    this.#items[this.#head++] = undefined;
+    if (this.#head > 4096 && this.#head * 2 > this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    this.#rows -= u.kind === 'heartbeat' ? 0 : u.rows;
+    if (u.kind === 'txn') this.#txns--;
+    return u;
   }
 
   /** Wait until there is room for more (rows below the bound) or the queue is closed. */
@@ -144,7 +163,7 @@ class UnitQueue {
    * single chunk of a spilled transaction. Resolves `undefined` when closed.
    */
   async take(maxTxns: number, maxRows: number): Promise<Unit[] | undefined> {
-    while (this.#items.length === 0) {
+    while (this.length === 0) {
       if (this.#closed !== undefined) {
         if (this.#closed) throw this.#closed;
         return undefined;
@@ -155,21 +174,20 @@ class UnitQueue {
     const out: Unit[] = [];
     let txns = 0;
     let rows = 0;
-    while (this.#items.length > 0) {
-      const u = this.#items[0]!;
+    while (this.length > 0) {
+      const u = this.#peek()!;
       if (u.kind === 'chunk') {
-        if (out.length === 0) out.push(this.#items.shift()!);
+        if (out.length === 0) out.push(this.#shift());
         break;
       }
       if (u.kind === 'txn' && u.spilled && out.length > 0) break; // the end of a spilled transaction goes alone
       const r = u.kind === 'heartbeat' ? 0 : u.rows;
       if (out.length > 0 && (txns + 1 > maxTxns || rows + r > maxRows)) break;
-      out.push(this.#items.shift()!);
+      out.push(this.#shift());
       if (u.kind === 'txn') txns++;
       rows += r;
       if (u.kind === 'txn' && u.spilled) break;
     }
-    for (const u of out) this.#rows -= u.kind === 'heartbeat' ? 0 : u.rows;
     this.#inFlight = true;
     this.#roomWaiter?.();
     return out;

@@ -41,9 +41,10 @@ export const SCHEMA_DDL: readonly string[] = [
      created_at timestamptz NOT NULL DEFAULT now()
    )`,
   // fillfactor leaves room for HOT updates: apply rewrites the same keys' versions over and over.
+  // COLLATE "C": keys are compared bytewise, without the database's (possibly ICU/libc) collation cost.
   `CREATE TABLE IF NOT EXISTS tandem.row_versions (
-     relname text NOT NULL,
-     pk text[] NOT NULL,
+     relname text COLLATE "C" NOT NULL,
+     pk text[] COLLATE "C" NOT NULL,
      commit_ts timestamptz,
      region text NOT NULL,
      xid xid8 NOT NULL,
