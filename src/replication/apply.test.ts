@@ -277,6 +277,31 @@ describe('Applier', () => {
     assert.ok((await conflicts('insert_exists')).some((r) => (r.pk as string[])[0] === '60' && r.decision === 'skip'));
   });
 
+  for (const race of ['UPDATE', 'DELETE'] as const) {
+    test(`a concurrent local ${race} of a row between the reads and the write is detected (xmin guard)`, async () => {
+      const id = race === 'UPDATE' ? 61 : 62;
+      await user.query(`INSERT INTO items VALUES ($1, 'base', 1)`, [id]);
+      const t0 = await localVersion(T1, String(id));
+      let injected = 0;
+      const a = makeApplier({
+        beforeWrite: async (table, attempt) => {
+          if (table === tableKey(T1) && attempt === 1) {
+            injected++;
+            await user.query(race === 'UPDATE' ? `UPDATE items SET name = 'local-later' WHERE id = $1` : `DELETE FROM items WHERE id = $1`, [id]);
+          }
+        },
+      });
+      await a.init();
+      const rel = await relation(T1);
+      // A remote update newer than the row as read, but older than the racing local write.
+      const st = await a.apply(batch([upd(rel, [String(id), 'remote', '2'], V(t0 + 1n))]));
+      assert.equal(injected, 1);
+      assert.equal(st.attempts, 2, 'the guarded write saw the row change and the batch was retried');
+      const { rows } = await user.query('SELECT name FROM items WHERE id = $1', [id]);
+      assert.deepEqual(rows, race === 'UPDATE' ? [{ name: 'local-later' }] : []);
+    });
+  }
+
   test('odd identifiers: mixed case, spaces and quotes in schema, table and column names', async () => {
     const a = makeApplier();
     await a.init();

@@ -5,17 +5,20 @@
  * with the number of rows.
  *
  * Per table and batch:
- *   1. lock the existing rows of every key (`FOR UPDATE`, in key order) and
- *      read their `xmin` and its commit time;
- *   2. lock and read the keys' `tandem.row_versions` entries (a new statement,
- *      so it sees everything committed by whoever held the row locks);
- *   3. (only when needed) read the local rows as JSON for conflict records and
+ *   1. one statement reads, for every key, the row's `xmin` (and that
+ *      transaction's commit time) and the key's `tandem.row_versions` entry;
+ *   2. (only when needed) the local rows as JSON for conflict records and
  *      custom resolvers;
- *   4. resolve every key in TypeScript (`resolve.ts`), then write everything in
- *      one statement: deletes, updates, inserts, version entries, conflicts.
- * The write statement returns row counts; a count that differs from what the
- * reads promised means a concurrent writer slipped in (a local INSERT of a key
- * we saw absent, or another peer's apply) and the whole batch is retried.
+ *   3. every key is resolved in TypeScript (`resolve.ts`), then one statement
+ *      writes everything: deletes, updates, inserts, version entries and
+ *      conflicts. Updates and deletes are conditioned on the `xmin` that was
+ *      read, entry updates on the entry's `xid`, inserts on the key still
+ *      being absent (`ON CONFLICT DO NOTHING`).
+ * The write statement returns row counts; a count that differs from the plan
+ * means a concurrent writer got in between (a local write, another peer's
+ * apply — READ COMMITTED re-checks the conditions on the newest row version)
+ * and the whole batch is retried. No row is locked before it is written and no
+ * row is ever overwritten blindly.
  *
  * Progress commits atomically with the data: `pg_replication_origin_xact_setup`
  * runs in the same transaction and `tandem.replication_status` is updated
@@ -209,18 +212,20 @@ interface KeyEntry {
 interface LocalInfo {
   pk: string[];
   state: LocalState;
-  /** The row exists (and is locked). */
+  /** The row exists; `xmin` is the row version the decision was made on. */
   exists: boolean;
-  /** A row_versions entry exists (and is locked). */
+  xmin?: string;
+  /** A row_versions entry exists; `entryXid` is the entry the decision was made on. */
   hasEntry: boolean;
+  entryXid?: string;
 }
 
 /** The per-table write plan, gathered from decisions. */
 interface WritePlan {
-  deletes: KeyEntry[];
-  updates: Array<{ e: KeyEntry; values: Value[] }>;
+  deletes: Array<{ e: KeyEntry; xmin: string }>;
+  updates: Array<{ e: KeyEntry; values: Value[]; xmin: string }>;
   inserts: Array<{ e: KeyEntry; values: Value[] }>;
-  versions: Array<{ pk: string[]; version: Version; deleted: boolean; hasEntry: boolean }>;
+  versions: Array<{ pk: string[]; version: Version; deleted: boolean; entryXid: string | undefined }>;
 
   conflicts: ConflictRecord[];
 }
@@ -807,13 +812,27 @@ export class Applier {
     const keyCols = (prefix: string) => kc.map((_, j) => `${prefix}${j}`).join(', ');
     const keyParams = (from: number) => kc.map((_, j) => `$${from + j}::text[]`).join(', ');
 
-    // 1. Lock existing rows (in key order) and read xmin with its commit time.
-    const s1 = await db.query<{ i: number; pk: string[]; xmin: string | null; ts: string | null }>(
-      this.#named(`SELECT k.i, ARRAY[${kc.map((c, j) => `(${cast(c, `k.k${j}`)})::text`).join(', ')}]::text[] AS pk, l.xmin, l.ts
-         FROM unnest($1::int4[], ${keyParams(2)}) AS k(i, ${keyCols('k')})
-         LEFT JOIN LATERAL (SELECT t.xmin::text AS xmin, ${tsUs('pg_xact_commit_timestamp(t.xmin)')} AS ts
-                              FROM ${t.quoted} t WHERE ${keyMatch('t', 'k')} FOR UPDATE) l ON true`),
-      [idx, ...keyArrays],
+    // 1. Read every key's row (its xmin and that transaction's commit time) and version entry, in one statement.
+    //    No locks: the write statement is conditioned on exactly what was read here (the row's xmin, the
+    //    entry's xid), so any concurrent change makes a row count differ and the batch is retried.
+    const canon = `ARRAY[${kc.map((c, j) => `(${cast(c, `k.k${j}`)})::text`).join(', ')}]::text[]`;
+    const s1 = await db.query<{
+      i: number;
+      pk: string[];
+      xmin: string | null;
+      ts: string | null;
+      exid: string | null;
+      deleted: boolean | null;
+      region: string | null;
+      ets: string | null;
+      priority: boolean | null;
+    }>(
+      this.#named(`SELECT k.i, ${canon} AS pk, t.xmin::text AS xmin, ${tsUs('pg_xact_commit_timestamp(t.xmin)')} AS ts,
+              e.xid::text AS exid, e.deleted, e.region, ${tsUs('COALESCE(e.commit_ts, pg_xact_commit_timestamp(xid(e.xid)))')} AS ets, e.priority
+         FROM unnest($1::int4[], ${keyParams(3)}) AS k(i, ${keyCols('k')})
+         LEFT JOIN ${t.quoted} t ON ${keyMatch('t', 'k')}
+         LEFT JOIN tandem.row_versions e ON e.relname = $2 AND e.pk = ${canon}`),
+      [idx, table, ...keyArrays],
     );
     const info: LocalInfo[] = new Array(n);
     const seenPk = new Set<string>();
@@ -821,44 +840,32 @@ export class Applier {
       const pkId = JSON.stringify(r.pk);
       if (seenPk.has(pkId)) throw new TandemError('TANDEM_ERR_INTERNAL', `${table}: two keys of one batch map to the same primary key ${pkId}`);
       seenPk.add(pkId);
-      info[r.i] = {
+      const li: LocalInfo = {
         pk: r.pk,
         exists: r.xmin !== null,
-        hasEntry: false,
+        ...(r.xmin !== null ? { xmin: r.xmin } : {}),
+        hasEntry: r.exid !== null,
+        ...(r.exid !== null ? { entryXid: r.exid } : {}),
         state:
           r.xmin !== null
             ? { kind: 'row', version: { tsUs: r.ts === null ? EPOCH_US : BigInt(r.ts), region: this.#o.localRegion } }
             : { kind: 'absent' },
       };
+      if (r.exid !== null) {
+        const v: Version = { tsUs: r.ets === null ? EPOCH_US : BigInt(r.ets), region: r.region!, ...(r.priority ? { priority: true } : {}) };
+        if (li.exists) {
+          // The entry describes the row only if the apply transaction that wrote it also wrote the row version we see.
+          if (!r.deleted && (BigInt(r.exid) & 0xffff_ffffn) === BigInt(r.xmin!)) li.state = { kind: 'row', version: v };
+        } else if (r.deleted) {
+          li.state = { kind: 'tombstone', version: v };
+        }
+      }
+      info[r.i] = li;
     }
-    const xmins = new Map<number, string>();
-    for (const r of s1.rows) if (r.xmin !== null) xmins.set(r.i, r.xmin);
     // region-priority: a write the source marked inherits the priority rank (its version says so everywhere).
     for (let i = 0; i < n; i++) {
       const e = entries[i]!;
       if (e.priorityKeys?.has(JSON.stringify(info[i]!.pk))) e.version = { ...e.version, priority: true };
-    }
-
-    // 2. Lock and read the version entries (a new statement: sees whatever the row-lock holders committed).
-    const pkArrays = kc.map((_, j) => entries.map((_, i) => info[i]!.pk[j]!));
-    const s2 = await db.query<{ i: number; xid: string; deleted: boolean; region: string; ts: string | null; priority: boolean }>(
-      this.#named(`SELECT k.i, e.xid, e.deleted, e.region, e.ts, e.priority
-         FROM unnest($1::int4[], ${keyParams(3)}) AS k(i, ${keyCols('p')})
-         JOIN LATERAL (SELECT v.xid::text AS xid, v.deleted, v.region, v.priority, ${tsUs('COALESCE(v.commit_ts, pg_xact_commit_timestamp(xid(v.xid)))')} AS ts
-                         FROM tandem.row_versions v
-                        WHERE v.relname = $2 AND v.pk = ARRAY[${keyCols('k.p')}]::text[] FOR UPDATE) e ON true`),
-      [idx, table, ...pkArrays],
-    );
-    for (const r of s2.rows) {
-      const li = info[r.i]!;
-      li.hasEntry = true;
-      const v: Version = { tsUs: r.ts === null ? EPOCH_US : BigInt(r.ts), region: r.region, ...(r.priority ? { priority: true } : {}) };
-      if (li.exists) {
-        // The entry describes the row only if the apply transaction that wrote the entry also wrote the row version we see.
-        if (!r.deleted && (BigInt(r.xid) & 0xffff_ffffn) === BigInt(xmins.get(r.i)!)) li.state = { kind: 'row', version: v };
-      } else if (r.deleted) {
-        li.state = { kind: 'tombstone', version: v };
-      }
     }
 
     // Key-changing updates with still-unknown TOAST values: take them from the old key's local row.
@@ -877,16 +884,16 @@ export class Applier {
       const localV = li.state.kind === 'absent' ? undefined : li.state.version;
       switch (d.action) {
         case 'upsert':
-          if (li.exists) plan.updates.push({ e, values: e.values! });
+          if (li.exists) plan.updates.push({ e, values: e.values!, xmin: li.xmin! });
           else plan.inserts.push({ e, values: e.values! });
-          plan.versions.push({ pk: li.pk, version: e.version, deleted: false, hasEntry: li.hasEntry });
+          plan.versions.push({ pk: li.pk, version: e.version, deleted: false, entryXid: li.entryXid });
           break;
         case 'delete':
-          plan.deletes.push(e);
-          plan.versions.push({ pk: li.pk, version: e.version, deleted: true, hasEntry: li.hasEntry });
+          plan.deletes.push({ e, xmin: li.xmin! });
+          plan.versions.push({ pk: li.pk, version: e.version, deleted: true, entryXid: li.entryXid });
           break;
         case 'tombstone':
-          plan.versions.push({ pk: li.pk, version: e.version, deleted: true, hasEntry: li.hasEntry });
+          plan.versions.push({ pk: li.pk, version: e.version, deleted: true, entryXid: li.entryXid });
           break;
         case 'merge':
           merges.push(i);
@@ -1002,8 +1009,8 @@ export class Applier {
         throw new TandemError('TANDEM_ERR_REPLICATION', `custom resolver ${policy.name} failed for ${table}: ${(err as Error).message}`, { cause: err });
       }
       const values: Value[] = names.map((nm) => merged.row[nm] ?? null);
-      plan.updates.push({ e, values });
-      plan.versions.push({ pk: li.pk, version: merged.version, deleted: false, hasEntry: li.hasEntry });
+      plan.updates.push({ e, values, xmin: li.xmin! });
+      plan.versions.push({ pk: li.pk, version: merged.version, deleted: false, entryXid: li.entryXid });
     }
   }
 
@@ -1018,10 +1025,11 @@ export class Applier {
     const ctes: string[] = [];
     const counts: string[] = [];
     const expect: Record<string, number> = {};
-    const keyMatch = kc.map((c, j) => `t.${quoteIdent(c.name)} = (k.k${j})::${c.castType}`).join(' AND ');
+    // Updates and deletes only touch the row version the decision was made on (its xmin).
+    const keyMatch = `${kc.map((c, j) => `t.${quoteIdent(c.name)} = (k.k${j})::${c.castType}`).join(' AND ')} AND t.xmin = k.x::xid`;
     if (plan.deletes.length > 0) {
-      const args = kc.map((_, j) => p(plan.deletes.map((e) => e.key[j]!), 'text[]'));
-      ctes.push(`d AS (DELETE FROM ${t.quoted} t USING unnest(${args.join(', ')}) AS k(${kc.map((_, j) => `k${j}`).join(', ')}) WHERE ${keyMatch} RETURNING 1)`);
+      const args = [...kc.map((_, j) => p(plan.deletes.map((d) => d.e.key[j]!), 'text[]')), p(plan.deletes.map((d) => d.xmin), 'text[]')];
+      ctes.push(`d AS (DELETE FROM ${t.quoted} t USING unnest(${args.join(', ')}) AS k(${kc.map((_, j) => `k${j}`).join(', ')}, x) WHERE ${keyMatch} RETURNING 1)`);
       counts.push('(SELECT count(*) FROM d)::int AS d');
       expect.d = plan.deletes.length;
     }
@@ -1033,6 +1041,8 @@ export class Applier {
         args.push(p(plan.updates.map((u) => u.e.key[j]!), 'text[]'));
         names.push(`k${j}`);
       });
+      args.push(p(plan.updates.map((u) => u.xmin), 'text[]'));
+      names.push('x');
       const sets: string[] = [];
       cols.forEach((c, j) => {
         if (keyIdx.has(j)) return;
@@ -1082,8 +1092,8 @@ export class Applier {
       }
     }
     const rel = plan.versions.length + plan.conflicts.length > 0 ? p(table, 'text') : '';
-    const upd = plan.versions.filter((v) => v.hasEntry);
-    const ins = plan.versions.filter((v) => !v.hasEntry);
+    const upd = plan.versions.filter((v) => v.entryXid !== undefined);
+    const ins = plan.versions.filter((v) => v.entryXid === undefined);
     const pkCols = kc.map((_, j) => `p${j}`).join(', ');
     const pkExpr = `ARRAY[${kc.map((_, j) => `k.p${j}`).join(', ')}]::text[]`;
     if (upd.length > 0) {
@@ -1093,10 +1103,13 @@ export class Applier {
         p(upd.map((v) => v.version.region), 'text[]'),
         p(upd.map((v) => v.deleted), 'bool[]'),
         p(upd.map((v) => v.version.priority === true), 'bool[]'),
+        p(upd.map((v) => v.entryXid!), 'text[]'),
       ];
+      // Only the entry the decision was made on (its xid): a concurrent writer of the entry makes the count differ.
       ctes.push(
         `vu AS (UPDATE tandem.row_versions v SET commit_ts = k.ts::timestamptz, region = k.region, xid = pg_current_xact_id(), deleted = k.deleted, priority = k.priority
-           FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted, priority) WHERE v.relname = ${rel} AND v.pk = ${pkExpr} RETURNING 1)`,
+           FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted, priority, ex)
+          WHERE v.relname = ${rel} AND v.pk = ${pkExpr} AND v.xid = k.ex::xid8 RETURNING 1)`,
       );
       counts.push('(SELECT count(*) FROM vu)::int AS vu');
       expect.vu = upd.length;
