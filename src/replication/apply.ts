@@ -145,16 +145,29 @@ type Value = TupleValue | typeof NOT_SENT;
 /** Keep the stored value: unchanged TOAST, or not sent at all. */
 const keepsLocal = (v: Value | undefined) => v === UNCHANGED_TOAST || v === NOT_SENT;
 
+/** SQL: Unix microseconds (int8) → timestamptz, exactly (interval arithmetic on integers; no float rounding). */
+const usToTs = (expr: string) => `('epoch'::timestamptz + (${expr} / 1000000) * interval '1 second' + (${expr} % 1000000) * interval '1 microsecond')`;
+
 /** SQL: a timestamptz as Unix microseconds (text, exact). */
 const tsUs = (expr: string) => `(extract(epoch from ${expr}) * 1000000)::int8::text`;
 
-/** Unix µs → a timestamptz literal PostgreSQL parses exactly. */
+const tsCache = new Map<bigint, string>();
+/** Unix µs → a timestamptz literal PostgreSQL parses exactly. Memoized: a batch repeats few distinct times. */
 export function usToTimestamp(us: bigint): string {
-  const ms = us >= 0n ? us / 1000n : -((-us + 999n) / 1000n);
-  const micro = us - ms * 1000n;
-  const iso = new Date(Number(ms)).toISOString(); // YYYY-MM-DDTHH:MM:SS.mmmZ
-  return `${iso.slice(0, 23)}${micro.toString().padStart(3, '0')}+00`;
+  let text = tsCache.get(us);
+  if (text === undefined) {
+    const ms = us >= 0n ? us / 1000n : -((-us + 999n) / 1000n);
+    const micro = us - ms * 1000n;
+    const iso = new Date(Number(ms)).toISOString(); // YYYY-MM-DDTHH:MM:SS.mmmZ
+    text = `${iso.slice(0, 23)}${micro.toString().padStart(3, '0')}+00`;
+    if (tsCache.size >= 4096) tsCache.clear();
+    tsCache.set(us, text);
+  }
+  return text;
 }
+
+/** A key's identity inside one table's batch: PostgreSQL text cannot contain NUL, so NUL-joined texts are unambiguous. */
+const keyIdOf = (key: readonly string[]) => (key.length === 1 ? key[0]! : key.join('\u0000'));
 
 /** An error that a retry of the whole batch fixes (a concurrent writer, a deadlock). */
 class RaceError extends Error {
@@ -734,26 +747,26 @@ export class Applier {
       const pk = c.priorityKeys ? { priorityKeys: c.priorityKeys } : {};
       if (c.op === 'delete') {
         const key = keyFrom(c.oldTuple, map, t, c);
-        push({ key, keyId: JSON.stringify(key), op: 'delete', version: c.version, lsn: c.lsn, ...pk });
+        push({ key, keyId: keyIdOf(key), op: 'delete', version: c.version, lsn: c.lsn, ...pk });
         continue;
       }
       const newKey = keyFrom(c.newTuple, map, t, c);
       const values = valuesFrom(c.newTuple!, map);
-      const newId = JSON.stringify(newKey);
+      const newId = keyIdOf(newKey);
       let oldKey: string[] | undefined;
       if (c.op === 'update' && c.oldTuple) {
         const k = keyFrom(c.oldTuple, map, t, c);
-        if (JSON.stringify(k) !== newId) oldKey = k;
+        if (keyIdOf(k) !== newId) oldKey = k;
         // REPLICA IDENTITY FULL: the old tuple carries the full old row, TOASTed values included.
         if (c.oldKind === 'O') {
           const old = valuesFrom(c.oldTuple, map);
           for (let i = 0; i < values.length; i++) if (values[i] === UNCHANGED_TOAST && old[i] !== UNCHANGED_TOAST) values[i] = old[i]!;
         }
       }
-      const prev = lastValues.get(oldKey ? JSON.stringify(oldKey) : newId);
+      const prev = lastValues.get(oldKey ? keyIdOf(oldKey) : newId);
       if (prev) for (let i = 0; i < values.length; i++) if (values[i] === UNCHANGED_TOAST && prev[i] !== UNCHANGED_TOAST) values[i] = prev[i]!;
       if (oldKey) {
-        const oldId = JSON.stringify(oldKey);
+        const oldId = keyIdOf(oldKey);
         push({ key: oldKey, keyId: oldId, op: 'delete', version: c.version, lsn: c.lsn, ...pk });
         const e: Omit<KeyEntry, 'stale'> = { key: newKey, keyId: newId, op: 'insert', values, version: c.version, lsn: c.lsn, ...pk };
         if (values.includes(UNCHANGED_TOAST)) e.fillFrom = oldKey;
@@ -837,7 +850,7 @@ export class Applier {
     const info: LocalInfo[] = new Array(n);
     const seenPk = new Set<string>();
     for (const r of s1.rows) {
-      const pkId = JSON.stringify(r.pk);
+      const pkId = keyIdOf(r.pk);
       if (seenPk.has(pkId)) throw new TandemError('TANDEM_ERR_INTERNAL', `${table}: two keys of one batch map to the same primary key ${pkId}`);
       seenPk.add(pkId);
       const li: LocalInfo = {
@@ -1099,7 +1112,7 @@ export class Applier {
     if (upd.length > 0) {
       const args = [
         ...kc.map((_, j) => p(upd.map((v) => v.pk[j]!), 'text[]')),
-        p(upd.map((v) => usToTimestamp(v.version.tsUs)), 'text[]'),
+        p(upd.map((v) => v.version.tsUs.toString()), 'int8[]'),
         p(upd.map((v) => v.version.region), 'text[]'),
         p(upd.map((v) => v.deleted), 'bool[]'),
         p(upd.map((v) => v.version.priority === true), 'bool[]'),
@@ -1107,7 +1120,7 @@ export class Applier {
       ];
       // Only the entry the decision was made on (its xid): a concurrent writer of the entry makes the count differ.
       ctes.push(
-        `vu AS (UPDATE tandem.row_versions v SET commit_ts = k.ts::timestamptz, region = k.region, xid = pg_current_xact_id(), deleted = k.deleted, priority = k.priority
+        `vu AS (UPDATE tandem.row_versions v SET commit_ts = ${usToTs('k.ts')}, region = k.region, xid = pg_current_xact_id(), deleted = k.deleted, priority = k.priority
            FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted, priority, ex)
           WHERE v.relname = ${rel} AND v.pk = ${pkExpr} AND v.xid = k.ex::xid8 RETURNING 1)`,
       );
@@ -1117,14 +1130,14 @@ export class Applier {
     if (ins.length > 0) {
       const args = [
         ...kc.map((_, j) => p(ins.map((v) => v.pk[j]!), 'text[]')),
-        p(ins.map((v) => usToTimestamp(v.version.tsUs)), 'text[]'),
+        p(ins.map((v) => v.version.tsUs.toString()), 'int8[]'),
         p(ins.map((v) => v.version.region), 'text[]'),
         p(ins.map((v) => v.deleted), 'bool[]'),
         p(ins.map((v) => v.version.priority === true), 'bool[]'),
       ];
       ctes.push(
         `vi AS (INSERT INTO tandem.row_versions (relname, pk, commit_ts, region, xid, deleted, priority)
-           SELECT ${rel}, ${pkExpr}, k.ts::timestamptz, k.region, pg_current_xact_id(), k.deleted, k.priority
+           SELECT ${rel}, ${pkExpr}, ${usToTs('k.ts')}, k.region, pg_current_xact_id(), k.deleted, k.priority
              FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted, priority)
            ON CONFLICT (relname, pk) DO NOTHING RETURNING 1)`,
       );

@@ -395,7 +395,17 @@ export class PeerPipeline extends BaseService {
       const relations = new Map<number, SourceRelation>();
       const types = new Map<number, { schema: string; name: string }>();
       let txn:
-        | { commitUs: bigint; finalLsn: bigint; changes: Change[]; rows: number; spilled: boolean; priority: Set<string>; skip: boolean; heartbeatUs?: bigint }
+        | {
+            commitUs: bigint;
+            finalLsn: bigint;
+            changes: Change[];
+            rows: number;
+            spilled: boolean;
+            priority: Set<string>;
+            skip: boolean;
+            heartbeatUs?: bigint;
+            version?: { tsUs: bigint; region: string };
+          }
         | undefined;
       for await (const item of stream.messages() as AsyncIterable<StreamItem>) {
         if (item.keepalive) {
@@ -434,7 +444,8 @@ export class PeerPipeline extends BaseService {
             const rel = relations.get(m.relationId);
             if (!rel) throw new TandemError('TANDEM_ERR_PROTOCOL', `${m.tag} for unknown relation ${m.relationId} from ${this.#o.peer}`);
             if (txn.skip) break;
-            const version = { tsUs: txn.commitUs, region: this.#o.peer };
+            // One version object per source transaction (never mutated: the applier copies before changing it).
+            const version = (txn.version ??= { tsUs: txn.commitUs, region: this.#o.peer });
             const c: RowChange =
               m.tag === 'insert'
                 ? { op: 'insert', rel, newTuple: m.newTuple, version, lsn: txn.finalLsn }
