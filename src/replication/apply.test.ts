@@ -317,6 +317,28 @@ describe('Applier', () => {
     assert.equal((await entry(ODD, ['K "1"', '7']))?.region, 'b');
   });
 
+  test('keys are identified by their canonical text: timestamptz with other offsets, padded char', async () => {
+    await user.query(`CREATE TABLE tzk (at timestamptz, code char(4), flags bit(3), v text, PRIMARY KEY (at, code))`);
+    const Z = parseTableName('public.tzk');
+    await installRegion(user, { region: 'b', tables: [...ALL, Z] });
+    const a = new Applier({ db, localRegion: 'b', peer: 'a', tables: new Set([...ALL, Z].map(tableKey)), policyFor: () => ({ kind: 'lww' }), logger: silentLogger() });
+    await a.init();
+    const rel = await relation(Z);
+    const t0 = nowUs();
+    await a.apply(batch([ins(rel, ['2024-01-01 12:00:00+05:30', 'ab  ', '101', 'one'], V(t0))]));
+    // The same key written by a source in another time zone.
+    await a.apply(batch([upd(rel, ['2024-01-01 06:30:00+00', 'ab  ', '011', 'two'], V(t0 + 1n))]));
+    assert.deepEqual((await user.query(`SELECT code, flags, v FROM tzk`)).rows, [{ code: 'ab  ', flags: '011', v: 'two' }]);
+    assert.deepEqual(await entry(Z, ['2024-01-01 06:30:00+00', 'ab']), { region: 'a', ts: String(t0 + 1n), deleted: false });
+    // A local delete (the trigger's canonical key) beats an older remote update sent in yet another form.
+    await user.query(`SET timezone = 'America/New_York'`);
+    await user.query(`DELETE FROM tzk`);
+    await user.query(`RESET timezone`);
+    await a.apply(batch([upd(rel, ['2024-01-01 01:30:00-05', 'ab  ', '111', 'late'], V(t0 + 2n))]));
+    assert.equal((await user.query(`SELECT count(*)::int AS n FROM tzk`)).rows[0].n, 0);
+    assert.ok((await conflicts('update_deleted')).some((c) => c.relname === tableKey(Z) && c.decision === 'skip'));
+  });
+
   test('unchanged TOAST values: kept on update, merged within a batch, never invented for a missing row', async () => {
     const a = makeApplier();
     await a.init();

@@ -14,7 +14,10 @@ export interface TargetColumn {
   attnum: number;
   typeOid: number;
   typeMod: number;
-  /** `format_type(type, NULL)`: the type to cast text to (typmods are enforced by the column on assignment). */
+  /**
+   * The type to cast text to: `format_type(type, NULL)`, except bpchar/bit (whose bare names mean length 1);
+   * typmods are enforced by the column on assignment.
+   */
   castType: string;
   /** `format_type(type, typmod)`: for people and drift messages. */
   formatted: string;
@@ -64,7 +67,11 @@ export async function describeTables(db: Queryable, names: readonly TableName[])
     `SELECT q.s, q.r, c.oid::int8::text AS oid, c.relkind::text AS relkind, c.relreplident::text AS relreplident,
        (SELECT json_agg(json_build_object(
            'name', a.attname, 'attnum', a.attnum, 'typeOid', a.atttypid::int8, 'typeMod', a.atttypmod,
-           'castType', format_type(a.atttypid, NULL), 'formatted', format_type(a.atttypid, a.atttypmod),
+           -- Without a typmod, "character" and "bit" mean char(1) and bit(1): cast to the unbounded forms instead.
+           'castType', CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar' WHEN '_bpchar'::regtype THEN 'bpchar[]'
+                                       WHEN 'bit'::regtype THEN 'varbit' WHEN '_bit'::regtype THEN 'varbit[]'
+                                       ELSE format_type(a.atttypid, NULL) END,
+           'formatted', format_type(a.atttypid, a.atttypmod),
            'typeSchema', tn.nspname, 'typeName', t.typname, 'generated', a.attgenerated <> '',
            'notNull', a.attnotnull, 'hasDefault', a.atthasdef,
            'keyPosition', array_position(pk.indkey::int2[], a.attnum) - 1,
