@@ -18,14 +18,14 @@ import { parseTableName } from '../core/sql.ts';
 
 process.env.TANDEM_SETUP_TEST_PW = TEST_PG_PASSWORD;
 
-function configFor(server: { options: { host: string; port: number } }, tables: string[]): Config {
+function configFor(server: { options: { host: string; port: number } }, tables: string[], extra: { interleaveSequences?: boolean } = {}): Config {
   const db = (database: string) => ({ host: server.options.host, port: server.options.port, database, user: 'postgres', password: { env: 'TANDEM_SETUP_TEST_PW' } });
   return parseConfig({
     regions: [
       { name: 'aws-south', addresses: ['127.0.1.1'], healthUrl: 'http://127.0.1.1/healthz', database: db('tandem') },
       { name: 'azure-west', addresses: ['127.0.2.1'], healthUrl: 'http://127.0.2.1/healthz', database: db('second') },
     ],
-    replication: { tables },
+    replication: { tables, ...extra },
   });
 }
 
@@ -88,6 +88,7 @@ describe('setup on ready servers', () => {
       await c.query(`CREATE TABLE numkey (id numeric PRIMARY KEY, v text)`);
       await c.query(`CREATE DOMAIN positive_money AS money CHECK (VALUE > 0::money)`);
       await c.query(`CREATE TABLE dom (id int PRIMARY KEY, p positive_money[])`);
+      await c.query(`CREATE TABLE seqt (id bigserial PRIMARY KEY, v text)`);
     }
   });
   after(async () => {
@@ -111,6 +112,17 @@ describe('setup on ready servers', () => {
 
   test('a missing table is named', async () => {
     await assert.rejects(setupReplication(configFor(cluster.servers[0]!, ['public.nope'])), (err: unknown) => isTandemError(err, 'TANDEM_ERR_NOT_FOUND') && /"public"\."nope"/.test(err.message));
+  });
+
+  test('with interleaveSequences, setup gives each region its own residue class', async () => {
+    const config = configFor(cluster.servers[0]!, ['public.seqt'], { interleaveSequences: true });
+    const report = await setupReplication(config);
+    for (const r of report.regions) assert.match(r.actions.join('; '), /1 sequence\(s\) interleaved \(values ≡ \d mod 2\)/);
+    const ids = await Promise.all([db, second].map(async (c) => (await c.query(`INSERT INTO seqt (v) VALUES ('a'), ('b') RETURNING id`)).rows.map((r) => Number(r.id))));
+    const classes = ids.map((list) => new Set(list.map((id) => id % 2)));
+    assert.ok(classes.every((c) => c.size === 1), `each region stays in one residue class: ${JSON.stringify(ids)}`);
+    assert.notDeepEqual([...classes[0]!], [...classes[1]!], `the regions use different classes: ${JSON.stringify(ids)}`);
+    await teardownReplication(config);
   });
 
   test('setup and teardown are idempotent and undo each other', async () => {

@@ -25,6 +25,7 @@ import {
   slotName,
 } from './schema.ts';
 import { createLogicalSlot, dropSlot, type Queryable } from './slot.ts';
+import { setupInterleavedSequences } from './sequences.ts';
 
 /** The replicated tables of a config as parsed names. */
 export function configuredTables(config: Config): TableName[] {
@@ -242,33 +243,17 @@ export async function setupReplication(config: Config, opts: SetupOptions = {}):
       }
     }
     if (config.replication.interleaveSequences) {
-      const setup = await loadSequences();
       for (const [i, c] of conns.entries()) {
-        if (setup) {
-          await setup(c.db, { regionIndex: i, regionCount: conns.length, tables });
-          report.regions[i]!.actions.push(`sequences interleaved (${i} mod ${conns.length})`);
-        } else {
-          logger.warn('replication.interleaveSequences is set but sequences.ts is not available; sequences were left alone');
-        }
+        const done = await setupInterleavedSequences(c.db, { regionIndex: i, regionCount: conns.length, tables });
+        const changed = done.filter((x) => x.changed).length;
+        const residues = [...new Set(done.map((x) => x.residue))].join(', ');
+        report.regions[i]!.actions.push(`${done.length} sequence(s) interleaved${done.length ? ` (values ≡ ${residues} mod ${conns.length})` : ''}${changed ? `, ${changed} changed` : ''}`);
       }
     }
     for (const r of report.regions) logger.info({ region: r.region, actions: r.actions }, `setup of ${r.region} done`);
     return report;
   } finally {
     await Promise.all(conns.map((c) => c.db.end().catch(() => {})));
-  }
-}
-
-type SetupSequences = (db: Queryable, opts: { regionIndex: number; regionCount: number; tables: TableName[] }) => Promise<unknown>;
-
-async function loadSequences(): Promise<SetupSequences | undefined> {
-  // Imported by URL so this module does not depend on sequences.ts at type-check time (it belongs to issue 3).
-  try {
-    const mod = (await import(new URL('./sequences.ts', import.meta.url).href)) as { setupInterleavedSequences?: SetupSequences };
-    return mod.setupInterleavedSequences;
-  } catch (err) {
-    if ((err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') return undefined;
-    throw err;
   }
 }
 
