@@ -34,7 +34,8 @@ export interface PrereqNeeds {
   role: 'setup' | 'agent';
 }
 
-const fixFor = {
+/** The exact fix for a setting or privilege on each platform (exported for tests and docs). */
+export const fixFor = {
   setting(platform: Platform, name: string, value: string, restart: boolean): string {
     switch (platform) {
       case 'rds':

@@ -12,7 +12,7 @@ import type pg from 'pg';
 import { startCluster, client, TEST_PG_PASSWORD, type TestCluster } from '../../test/helpers/pg.ts';
 import { parseConfig, type Config } from '../core/config/index.ts';
 import { isTandemError } from '../core/errors.ts';
-import { checkPrerequisites } from './prereq.ts';
+import { checkPrerequisites, fixFor } from './prereq.ts';
 import { installRegion, setupReplication, teardownReplication } from './setup.ts';
 import { parseTableName } from '../core/sql.ts';
 
@@ -28,6 +28,14 @@ function configFor(server: { options: { host: string; port: number } }, tables: 
     replication: { tables, ...extra },
   });
 }
+
+test('fixes name the managed services\' knobs', () => {
+  assert.match(fixFor.setting('rds', 'wal_level', 'logical', true), /rds\.logical_replication = 1.*reboot/);
+  assert.match(fixFor.setting('rds', 'track_commit_timestamp', 'on', true), /parameter group set track_commit_timestamp = 1, then reboot/);
+  assert.match(fixFor.setting('azure', 'wal_level', 'logical', true), /server parameter wal_level = logical .*az postgres flexible-server parameter set --name wal_level --value logical.*restart/);
+  assert.match(fixFor.replication('rds', 'app'), /GRANT rds_replication TO "app"/);
+  assert.match(fixFor.replication('azure', 'app'), /ALTER ROLE "app" WITH REPLICATION \(as a member of azure_pg_admin\)/);
+});
 
 describe('setup on a server that is not ready', () => {
   let cluster: TestCluster;
