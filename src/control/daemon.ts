@@ -31,7 +31,7 @@ export function databaseLagReader(config: Config, me: RegionConfig): LagReader &
   const reader = async (r: RegionConfig) => {
     try {
       const client = await (clients.get(r.name) ?? connect(r));
-      const rows = await readLag(client);
+      const rows = await readLag(client, { heartbeatIntervalMs: config.replication.heartbeatIntervalMs });
       // A peer never heard from has no lag yet: leave it out, so readiness waits for it.
       return Object.fromEntries(rows.flatMap((l) => (l.lagSec === null ? [] : [[l.peer, { lagSec: l.lagSec, sourceCommitAt: l.sourceCommitAt?.getTime() }]])));
     } catch {

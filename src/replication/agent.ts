@@ -266,6 +266,7 @@ export class ReplicationAgent extends BaseService {
         },
         backoff: this.#o.backoff ?? cfg.replication.reconnect,
         applyTimeoutMs: cfg.replication.applyTimeoutSec * 1000,
+        heartbeatIntervalMs: cfg.replication.heartbeatIntervalMs,
         ...(this.#o.recheckIntervalMs ? { recheckIntervalMs: this.#o.recheckIntervalMs } : {}),
         ...(this.#o.stream ? { stream: this.#o.stream } : {}),
       });

@@ -28,6 +28,7 @@ import { formatLsn, pgTimeToUnixUs } from './protocol.ts';
 import type { Policy } from './resolve.ts';
 import { HEARTBEAT_PREFIX, PRIORITY_PREFIX, PUBLICATION, slotName } from './schema.ts';
 import { ReplicationStream, type StreamItem } from './stream.ts';
+import { replicationLagSec } from './status.ts';
 
 /** What the pipeline reports about itself (status API, metrics). */
 export interface PeerStatus {
@@ -83,6 +84,8 @@ export interface PeerPipelineOptions {
   recheckIntervalMs?: number;
   /** Client-side deadline of one apply statement (ms); the session is dropped and rebuilt after it. */
   applyTimeoutMs?: number;
+  /** The peers' heartbeat interval: lag does not count time within it as behind (`replicationLagSec`). */
+  heartbeatIntervalMs?: number;
   /** Stream tuning passed through (tests use short timeouts). */
   stream?: { statusIntervalMs?: number; receiveTimeoutMs?: number };
   events?: { onPause?(p: PausedTable): void; onResume?(table: string, replayed: number): void };
@@ -260,7 +263,9 @@ export class PeerPipeline extends BaseService {
   }
 
   status(): PeerStatus {
-    const lagSec = this.#sourceTsUs === undefined ? null : Math.max(0, Date.now() / 1000 - Number(this.#sourceTsUs) / 1e6);
+    const sourceMs = this.#sourceTsUs === undefined ? undefined : Number(this.#sourceTsUs) / 1000;
+    const lagSec =
+      sourceMs === undefined ? null : replicationLagSec(sourceMs, this.#appliedAt?.getTime() ?? sourceMs, Date.now(), this.#appliedAt ? (this.#o.heartbeatIntervalMs ?? 0) : 0);
     return {
       peer: this.#o.peer,
       state: this.#state,

@@ -37,7 +37,7 @@ export async function replicationStatus(config: Config): Promise<ReplicationStat
       try {
         db = await connectClient(r.database, { applicationName: 'tandem-status' }, `regions[${i}].database (${r.name})`);
         db.on('error', () => {});
-        out.lag = await readLag(db);
+        out.lag = await readLag(db, { heartbeatIntervalMs: config.replication.heartbeatIntervalMs });
         const wal = await currentWalLsn(db);
         for (const peer of config.regions) {
           if (peer.name === r.name) continue;

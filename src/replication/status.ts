@@ -10,8 +10,8 @@ import type { Queryable } from './slot.ts';
 export interface PeerLag {
   peer: string;
   /**
-   * now − source commit (or heartbeat) time of the last applied change. Before
-   * anything was applied it is measured from setup time, so it grows too.
+   * Seconds behind the peer (see `replicationLagSec`). Before anything was
+   * applied it is measured from setup time, so it grows too.
    */
   lagSec: number;
   /** Source commit time of the last applied change or heartbeat; null before the first. */
@@ -20,20 +20,40 @@ export interface PeerLag {
 }
 
 /**
+ * Replication lag from the last change (or heartbeat) applied from a peer:
+ * how late it was applied, plus how long the next heartbeat is overdue. A
+ * healthy idle link reads its transport delay rather than a heartbeat-interval
+ * sawtooth; a link that stopped delivering grows by one second per second.
+ * With `heartbeatIntervalMs` 0 this is simply now − source commit time.
+ */
+export function replicationLagSec(sourceMs: number, appliedMs: number, nowMs: number, heartbeatIntervalMs: number): number {
+  const delay = Math.max(0, appliedMs - sourceMs);
+  const overdue = Math.max(0, nowMs - Math.max(appliedMs, sourceMs) - heartbeatIntervalMs);
+  return (delay + overdue) / 1000;
+}
+
+/**
  * Read per-peer lag from this region's database. Returns [] when tandem is not
  * set up there (no `tandem` schema), so callers can treat "no replication" alike.
+ * Pass the configured `replication.heartbeatIntervalMs` to read lag without the
+ * heartbeat sawtooth (`replicationLagSec`).
  */
-export async function readLag(client: Queryable): Promise<PeerLag[]> {
+export async function readLag(client: Queryable, opts: { heartbeatIntervalMs?: number } = {}): Promise<PeerLag[]> {
   const { rows: exists } = await client.query<{ ok: boolean }>(`SELECT to_regclass('tandem.replication_status') IS NOT NULL AS ok`);
   if (!exists[0]?.ok) return [];
-  const { rows } = await client.query<{ peer: string; lag: string | null; source_commit_ts: Date | null; applied_at: Date | null }>(
-    `SELECT peer, extract(epoch from clock_timestamp() - COALESCE(source_commit_ts, (SELECT created_at FROM tandem.node), clock_timestamp()))::float8::text AS lag,
+  // Every time is read on the database's clock, so the client's clock does not matter.
+  const { rows } = await client.query<{ peer: string; source_ms: number; applied_ms: number | null; now_ms: number; source_commit_ts: Date | null; applied_at: Date | null }>(
+    `SELECT peer,
+            (extract(epoch from COALESCE(source_commit_ts, (SELECT created_at FROM tandem.node), clock_timestamp())) * 1000)::float8 AS source_ms,
+            (extract(epoch from applied_at) * 1000)::float8 AS applied_ms,
+            (extract(epoch from clock_timestamp()) * 1000)::float8 AS now_ms,
             source_commit_ts, applied_at
        FROM tandem.replication_status ORDER BY peer`,
   );
+  const hb = opts.heartbeatIntervalMs ?? 0;
   return rows.map((r) => ({
     peer: r.peer,
-    lagSec: Math.max(0, Number(r.lag)),
+    lagSec: r.applied_ms === null || r.source_commit_ts === null ? Math.max(0, (r.now_ms - r.source_ms) / 1000) : replicationLagSec(r.source_ms, r.applied_ms, r.now_ms, hb),
     sourceCommitAt: r.source_commit_ts,
     appliedAt: r.applied_at,
   }));

@@ -42,8 +42,9 @@ export interface ShopServiceOptions {
 }
 
 /** Lag per peer from the replication part's `readLag` (from `tandem.replication_status`; none when replication is not set up). */
-export const replicationLag: LagSource = async (db) =>
-  (await readLag(db)).map((l) => ({ peer: l.peer, lagSec: Math.round(l.lagSec * 1000) / 1000 }));
+export function replicationLag(heartbeatIntervalMs = 0): LagSource {
+  return async (db) => (await readLag(db, { heartbeatIntervalMs })).map((l) => ({ peer: l.peer, lagSec: Math.round(l.lagSec * 1000) / 1000 }));
+}
 
 /** Read `app.sessionKeys` (secret references) into their values. */
 export function sessionSecrets(config: Config): string[] {
@@ -95,7 +96,7 @@ export class ShopService extends BaseService {
       logger,
       registry: this.registry,
       sessionSecrets: sessionSecrets(config),
-      lagSource: opts.lagSource ?? replicationLag,
+      lagSource: opts.lagSource ?? replicationLag(config.replication.heartbeatIntervalMs),
       lagWarnSec: config.replication.lagWarnSec,
       routes: shopRoutes(),
       metricsText: opts.metricsText,
