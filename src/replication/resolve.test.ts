@@ -13,22 +13,12 @@ import {
   type Policy,
   type Version,
 } from './resolve.ts';
+import { prng as rng } from '../core/random.ts';
 
 const lww: Policy = { kind: 'lww' };
 const show = (x: unknown) => JSON.stringify(x, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v));
 const V = (tsUs: number, region: string): Version => ({ tsUs: BigInt(tsUs), region });
 
-/** A small seeded PRNG (mulberry32) so failures rerun exactly. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('version order', () => {
   test('timestamps first, then region names bytewise', () => {

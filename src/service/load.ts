@@ -17,6 +17,7 @@ import { randomUUID } from 'node:crypto';
 import { TandemError } from '../core/errors.ts';
 import { sleep } from '../core/lifecycle.ts';
 import { queryA as dnsQueryA } from '../dns/client.ts';
+import { prng } from '../core/random.ts';
 
 /** A DNS server to ask. */
 export interface DnsServerAddress {
@@ -196,17 +197,6 @@ export class CachingResolver {
   }
 }
 
-/** A small seeded PRNG (mulberry32) so a run's read/write mix can be repeated. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function isLoopback(address: string): boolean {
   return (isIP(address) === 4 && address.startsWith('127.')) || address === '::1';

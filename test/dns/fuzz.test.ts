@@ -12,21 +12,11 @@ import { DnsDaemon } from '../../src/dns/daemon.ts';
 import { queryA, buildQuery } from '../../src/dns/client.ts';
 import { startHealthTarget, type HealthTargetServer } from './health-target.ts';
 import { labConfigInput, writeConfig, expectedRegion, waitFor } from './helpers.ts';
+import { prng as rng } from '../../src/core/random.ts';
 
 const seed = Number(process.env.TANDEM_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 console.log(`# fuzz seed ${seed} (rerun with TANDEM_FUZZ_SEED=${seed})`);
 
-/** mulberry32: small, seedable PRNG. */
-function rng(s: number): () => number {
-  let a = s >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const rand = rng(seed);
 const int = (n: number) => Math.floor(rand() * n);

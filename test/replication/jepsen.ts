@@ -26,18 +26,8 @@ import { killChild, snapshot, spawnAgent, startBed, waitFor, type Bed } from './
 import { freePort } from '../helpers/ports.ts';
 import { callApi } from '../../src/core/http.ts';
 import type { ChildProcess } from 'node:child_process';
+import { prng as rng } from '../../src/core/random.ts';
 
-/** A small seeded PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface ScenarioOptions {
   seed: number;

@@ -1,0 +1,16 @@
+/**
+ * A small seeded pseudo-random generator (mulberry32) for load mixes and
+ * randomized tests, so that a run can be repeated exactly from its seed.
+ */
+
+/** Returns a function yielding floats in [0, 1), determined by `seed`. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
