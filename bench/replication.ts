@@ -229,15 +229,18 @@ interface Snapshot {
   dirs: Array<{ written: { txns: number; rows: number }; applied: { txns: number; rows: number } }>;
 }
 
-async function snapshot(bed: Bed, startIds: number[]): Promise<Snapshot> {
+async function snapshot(bed: Bed, startIds: number[], session: 'db' | 'progressDb' = 'db'): Promise<Snapshot> {
   const t0 = Date.now();
-  const dirs = await Promise.all(
-    bed.regions.map(async (src, i) => {
-      const [written, applied] = await Promise.all([counted(src.db, i, startIds[i]!), counted(bed.regions[1 - i]!.db, i, startIds[i]!)]);
-      return { written, applied };
+  // seen[r][s]: rows inserted by region s as region r sees them (one query at a time per session).
+  const seen = await Promise.all(
+    bed.regions.map(async (r) => {
+      const out: Array<{ txns: number; rows: number }> = [];
+      for (let s = 0; s < bed.regions.length; s++) out.push(await counted(r[session], s, startIds[s]!));
+      return out;
     }),
   );
-  // The two regions' counts are read concurrently; their moment is the middle of the reads.
+  const dirs = bed.regions.map((_, i) => ({ written: seen[i]![i]!, applied: seen[1 - i]![i]! }));
+  // The regions' counts are read concurrently; their moment is the middle of the reads.
   return { atMs: (t0 + Date.now()) / 2, dirs };
 }
 
@@ -274,13 +277,13 @@ function ticker(ctx: Ctx, label: string, startIds: number[] | undefined, everyMs
   let stop = false;
   const t0 = Date.now();
   const loop = (async () => {
-    let prev = startIds ? await snapshot(ctx.bed, startIds) : undefined;
+    let prev = startIds ? await snapshot(ctx.bed, startIds, 'progressDb') : undefined;
     while (!stop) {
       const until = Date.now() + everyMs;
       while (!stop && Date.now() < until) await sleep(100);
       if (stop) break;
       const parts: string[] = [];
-      const snap = startIds ? await snapshot(ctx.bed, startIds).catch(() => undefined) : undefined;
+      const snap = startIds ? await snapshot(ctx.bed, startIds, 'progressDb').catch(() => undefined) : undefined;
       for (let i = 0; i < ctx.bed.regions.length; i++) {
         let s = `${dirName(ctx.bed, i)}`;
         if (snap && prev) {

@@ -36,6 +36,8 @@ export interface Region {
   proxyPort: number;
   /** An admin session (counts, catalog queries), direct. */
   db: pg.Client;
+  /** A second one for the progress lines, so they never queue behind the phase's own queries. */
+  progressDb: pg.Client;
 }
 
 export interface BedOptions {
@@ -143,13 +145,13 @@ export async function startBed(o: BedOptions): Promise<Bed> {
     const db = await s.connect(DATABASE);
     for (const ddl of schemaDdl(i)) await db.query(ddl);
     if (o.statements) await db.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
-    regions.push({ index: i, name: REGION_NAMES[i]!, host: s.options.host, server: s, proxyPort: proxyPorts[i]!, db });
+    regions.push({ index: i, name: REGION_NAMES[i]!, host: s.options.host, server: s, proxyPort: proxyPorts[i]!, db, progressDb: await s.connect(DATABASE) });
   }
   return {
     regions,
     wan,
     async stop() {
-      await Promise.all(regions.map((r) => r.db.end().catch(() => {})));
+      await Promise.all(regions.flatMap((r) => [r.db, r.progressDb]).map((c) => c.end().catch(() => {})));
       await wan.stop();
       await Promise.all(
         servers.map(async (s) => {
