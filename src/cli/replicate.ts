@@ -1,10 +1,11 @@
 /**
- * `tandem replicate ...`: setup, teardown, status, run (the agent daemon).
+ * `tandem replicate ...`: setup, teardown, status, run (the agent daemon),
+ * bootstrap (add a region to the live mesh).
  * Heavy imports live inside the actions so `tandem --help` stays fast.
  */
 import path from 'node:path';
 import type { Command } from 'commander';
-import { adminToken, commandConfig, configPath, output } from './common.ts';
+import { adminToken, commandConfig, configPath, intOption, output } from './common.ts';
 
 /** Register `tandem replicate`. */
 export function register(program: Command): void {
@@ -47,6 +48,42 @@ export function register(program: Command): void {
       const st = await replicationStatus(config);
       output(Boolean(opts.json), st, () => formatStatus(st));
       if (st.regions.some((r) => r.error)) process.exitCode = 1;
+    });
+
+  rep
+    .command('bootstrap')
+    .description('Add a region to the live mesh: copy a consistent snapshot of another region into it, then every peer streams from exactly that point')
+    .requiredOption('--region <name>', 'the new region (listed in tandem.yaml; its tables exist and are empty)')
+    .option('--from <name>', 'the region to copy from (default: the first other region of the config)')
+    .option('--batch-rows <n>', 'rows per fetch from the source and per insert', intOption('--batch-rows', 1), 5000)
+    .option('--wait-timeout <sec>', 'how long to wait for the source to apply the other regions up to their new slots', intOption('--wait-timeout', 1), 300)
+    .option('--json', 'print JSON')
+    .action(async (opts: { region: string; from?: string; batchRows: number; waitTimeout: number; json?: boolean }, cmd: Command) => {
+      const { bootstrapRegion, formatBootstrapProgress, formatBootstrapReport } = await import('../replication/bootstrap.ts');
+      const { TandemError } = await import('../core/errors.ts');
+      const { createLogger } = await import('../core/log.ts');
+      const config = commandConfig(cmd);
+      const abort = new AbortController();
+      const onSignal = () => abort.abort(new TandemError('TANDEM_ERR_ABORTED', 'bootstrap interrupted; nothing was committed in the new region, run it again to start over'));
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      try {
+        const report = await bootstrapRegion({
+          config,
+          region: opts.region,
+          ...(opts.from ? { from: opts.from } : {}),
+          batchRows: opts.batchRows,
+          catchUpTimeoutMs: opts.waitTimeout * 1000,
+          signal: abort.signal,
+          logger: createLogger({ name: 'replication-bootstrap', level: process.env.TANDEM_LOG_LEVEL ?? 'warn' }),
+          // Progress goes to stderr so stdout stays the result (and valid JSON with --json).
+          onProgress: (p) => process.stderr.write(`${formatBootstrapProgress(p)}\n`),
+        });
+        output(Boolean(opts.json), report, () => formatBootstrapReport(report));
+      } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+      }
     });
 
   rep
