@@ -24,7 +24,7 @@
  * before and after. `--quick` runs short phases (a smoke run), `--runs N`
  * repeats and summarises by the median. See docs/bench-replication.md.
  */
-import { chmodSync, cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -56,6 +56,8 @@ const { values: argv } = parseArgs({
     'latency-ms': { type: 'string', default: '15' },
     phases: { type: 'string', default: 'saturated,fixed,partition' },
     logs: { type: 'string' },
+    report: { type: 'string', multiple: true },
+    'pg-setting': { type: 'string', multiple: true },
     help: { type: 'boolean', default: false },
   },
   strict: true,
@@ -77,6 +79,8 @@ if (argv.help) {
   --latency-ms N        one-way WAN latency (default 15)
   --phases LIST         which phases to run (default saturated,fixed,partition), e.g. for profiling one
   --logs DIR            keep the tandem agents' logs (and PostgreSQL's) in DIR
+  --report FILE         print the summary of earlier --json files (repeatable); runs nothing
+  --pg-setting K=V      an extra PostgreSQL setting for both servers (repeatable), e.g. for auto_explain
 `);
   process.exit(0);
 }
@@ -118,6 +122,15 @@ for (const p of PHASES) {
     process.stderr.write(`--phases: unknown phase ${JSON.stringify(p)} (saturated, fixed, partition)\n`);
     process.exit(2);
   }
+}
+const pgSettings: Record<string, string> = {};
+for (const kv of argv['pg-setting'] ?? []) {
+  const eq = kv.indexOf('=');
+  if (eq <= 0) {
+    process.stderr.write(`--pg-setting expects name=value, found ${JSON.stringify(kv)}\n`);
+    process.exit(2);
+  }
+  pgSettings[kv.slice(0, eq)] = kv.slice(eq + 1);
 }
 const only = argv.only;
 if (only !== undefined && only !== 'tandem' && only !== 'native') {
@@ -500,7 +513,7 @@ async function runSystem(kind: 'tandem' | 'native', run: number): Promise<System
   };
   try {
     log(`${kind}: starting two PostgreSQL servers, the schema and the WAN emulator (${OPT.latencyMs} ms one way)`);
-    const bed = await startBed({ root: path.join(root, 'pg'), latencyMs: OPT.latencyMs, jitterMs: 0, statements: argv.statements });
+    const bed = await startBed({ root: path.join(root, 'pg'), latencyMs: OPT.latencyMs, jitterMs: 0, statements: argv.statements, settings: pgSettings });
     onCleanup(() => bed.stop());
     const scriptFile = path.join(root, 'workload.sql');
     writeScript(scriptFile);
@@ -537,7 +550,8 @@ async function runSystem(kind: 'tandem' | 'native', run: number): Promise<System
     }));
     const loaded = await catchUpAfter(ctx, [Date.now(), Date.now()], 300_000);
     if (loaded.some((x) => Number.isNaN(x))) throw new Error(`${kind}: the preload did not replicate within 5 minutes`);
-    for (const r of bed.regions) await r.db.query('VACUUM (ANALYZE) bench.items');
+    // Statistics as an established system has them (tandem's own tables included), so no plan is chosen for empty tables.
+    for (const r of bed.regions) await r.db.query('VACUUM (ANALYZE)');
     log(`${kind}: preloaded in ${fmt((Date.now() - t0) / 1000, 1)} s`);
     if (argv.statements) for (const r of bed.regions) await r.db.query('SELECT pg_stat_statements_reset()');
     const saturated = PHASES.has('saturated') ? await phaseSaturated(ctx) : undefined;
@@ -655,7 +669,19 @@ function details(s: SystemResult): string {
 
 // ---------------------------------------------------------------- main
 
+/** `--report`: the summary of runs saved with `--json`, without running anything. */
+function reportSaved(files: string[]): void {
+  const results: RunResult[] = [];
+  for (const f of files) {
+    const saved = JSON.parse(readFileSync(f, 'utf8')) as { results: RunResult[] };
+    results.push(...saved.results);
+  }
+  const loads = results.map((r) => `run ${r.run}: ${r.loadBefore.map((l) => l.toFixed(2)).join(' ')} → ${r.loadAfter.map((l) => l.toFixed(2)).join(' ')}`);
+  process.stdout.write(`summary of ${results.length} saved runs (median, min–max in parentheses):\n${report(results).text}\n\n${report(results).markdown}\n\nload averages (1, 5, 15 min) before → after: ${loads.join('; ')}\n`);
+}
+
 async function main(): Promise<void> {
+  if (argv.report) return reportSaved(argv.report);
   const pgbench = checkPgbench();
   log(`replication bench: ${cpus().length} CPUs, load average ${loadStr()}; ${pgbench}; phases ${OPT.saturatedSec} s saturated, ${OPT.fixedSec} s at ${OPT.rate} tx/s, ${OPT.partitionSec} s partition; ${OPT.runs} run(s)`);
   const results: RunResult[] = [];

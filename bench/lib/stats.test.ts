@@ -16,6 +16,7 @@ test('distribution and median', () => {
   const d = distribution([3, 1, 2, 10]);
   assert.deepEqual(d, { p50: 2, p99: 10, max: 10, count: 4 });
   assert.equal(median([5, NaN, 1, 3]), 3);
+  assert.equal(median([4, 1, 3, 2]), 2.5);
   // A run that never caught up (Infinity) still counts towards the median.
   assert.equal(median([1, Infinity, Infinity]), Infinity);
   assert.ok(Number.isNaN(median([NaN])));

@@ -23,9 +23,12 @@ export function distribution(values: readonly number[]): Distribution {
   return { p50: percentile(values, 50), p99: percentile(values, 99), max: values.length ? Math.max(...values) : NaN, count: values.length };
 }
 
-/** Median of the values that are numbers (±Infinity included; NaN when there are none). */
+/** Median of the values that are numbers (±Infinity included; the mean of the middle two for an even count; NaN when there are none). */
 export function median(values: readonly number[]): number {
-  return percentile(values.filter((v) => !Number.isNaN(v)), 50);
+  const xs = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
+  if (xs.length === 0) return NaN;
+  const mid = xs.length >> 1;
+  return xs.length % 2 === 1 ? xs[mid]! : (xs[mid - 1]! + xs[mid]!) / 2;
 }
 
 /** A figure for a table: thousands separated, a sensible number of decimals, "—" for missing. */

@@ -7,7 +7,7 @@
  * through the same WAN emulator.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdirSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, openSync, closeSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { stringify } from 'yaml';
@@ -46,6 +46,8 @@ export interface BedOptions {
   jitterMs: number;
   /** Load pg_stat_statements (for the bottleneck analysis). */
   statements: boolean;
+  /** More server settings (they win over the bench's own). */
+  settings?: Record<string, string>;
 }
 
 /** Two regions with fresh data directories, the schema, preloaded keys, and the WAN emulator between them. */
@@ -123,6 +125,7 @@ export async function startBed(o: BedOptions): Promise<Bed> {
           max_wal_size: '4GB',
           checkpoint_timeout: '30min',
           ...(o.statements ? { shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track': 'all' } : {}),
+          ...(o.settings ?? {}),
         },
       });
       live.add(s);
@@ -159,7 +162,7 @@ export async function startBed(o: BedOptions): Promise<Bed> {
           live.delete(s);
         }),
       );
-      rmSync(o.root, { recursive: true, force: true });
+      // The data directories are removed by the caller (after it kept the logs it wants).
     },
   };
 }
