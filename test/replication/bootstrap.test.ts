@@ -71,18 +71,25 @@ function writer(db: pg.Client, region: string, rand: () => number) {
       i++;
       const r = rand();
       let changed = 0;
-      if (r < 0.45) {
-        changed = (await db.query(`INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, n = kv.n + 1, at = now()`, [key(), `${region}-${i}`])).rowCount ?? 0;
-      } else if (r < 0.65) {
-        changed = (await db.query(`UPDATE kv SET n = n + 1, blob = $2 WHERE k = $1`, [key(), Buffer.from(`${region}:${i}`)])).rowCount ?? 0;
-      } else if (r < 0.8) {
-        changed = (await db.query(`DELETE FROM kv WHERE k = $1`, [key()])).rowCount ?? 0;
-      } else if (r < 0.92) {
-        await db.query('BEGIN');
-        for (let j = 0; j < 3; j++) changed += (await db.query(`INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v`, [key(), `${region}-${i}.${j}`])).rowCount ?? 0;
-        await db.query('COMMIT');
-      } else {
-        changed = (await db.query(`UPDATE app."Line Items" SET qty = qty + 1, note = $2 WHERE line = $1`, [Math.floor(rand() * 20), `${region}-${i}`])).rowCount ?? 0;
+      try {
+        if (r < 0.45) {
+          changed = (await db.query(`INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, n = kv.n + 1, at = now()`, [key(), `${region}-${i}`])).rowCount ?? 0;
+        } else if (r < 0.65) {
+          changed = (await db.query(`UPDATE kv SET n = n + 1, blob = $2 WHERE k = $1`, [key(), Buffer.from(`${region}:${i}`)])).rowCount ?? 0;
+        } else if (r < 0.8) {
+          changed = (await db.query(`DELETE FROM kv WHERE k = $1`, [key()])).rowCount ?? 0;
+        } else if (r < 0.92) {
+          await db.query('BEGIN');
+          for (let j = 0; j < 3; j++) changed += (await db.query(`INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v`, [key(), `${region}-${i}.${j}`])).rowCount ?? 0;
+          await db.query('COMMIT');
+        } else {
+          changed = (await db.query(`UPDATE app."Line Items" SET qty = qty + 1, note = $2 WHERE line = $1`, [Math.floor(rand() * 20), `${region}-${i}`])).rowCount ?? 0;
+        }
+      } catch (err) {
+        // A local transaction can deadlock with the agent's apply (the agent retries its side); it did not commit.
+        if ((err as { code?: string }).code !== '40P01') throw err;
+        await db.query('ROLLBACK').catch(() => {});
+        continue;
       }
       if (changed > 0) txns++;
       await sleep(4);
@@ -97,13 +104,78 @@ function writer(db: pg.Client, region: string, rand: () => number) {
   };
 }
 
-/** Start a PostgreSQL server for the new region (the bed has the two existing ones). */
-async function startServer(): Promise<{ server: PostgresServer; root: string }> {
+/** The new region: its own PostgreSQL behind a WAN link, the tables created and empty, and a config that lists it. */
+interface NewRegion {
+  server: PostgresServer;
+  db: pg.Client;
+  config: Config;
+  configFile: string;
+  agent?: ReplicationAgent;
+  startAgent(): Promise<ReplicationAgent>;
+  close(): Promise<void>;
+}
+
+async function addRegion(bed: Bed, ddl: readonly string[]): Promise<NewRegion> {
   const root = mkdtempSync(path.join(tmpdir(), 'tandem-pg-new-'));
   chmodSync(root, 0o755); // PostgreSQL runs as "postgres" when we are root
   const server = new PostgresServer({ dataDir: path.join(root, 'r3'), host: N_HOST, port: await freePort(N_HOST), password: TEST_PG_PASSWORD, database: 'tandem', fsync: false });
-  await server.start();
-  return { server, root };
+  let proxy: WanProxy | undefined;
+  let db: pg.Client | undefined;
+  const out: NewRegion = {
+    server,
+    db: undefined as unknown as pg.Client,
+    config: undefined as unknown as Config,
+    configFile: path.join(bed.dir, 'tandem3.yaml'),
+    async startAgent() {
+      out.agent = new ReplicationAgent({
+        config: out.config,
+        region: NEW,
+        logger: bed.logger.child({ agent: NEW }),
+        adminToken: 'test-token',
+        backoff: { minMs: 100, maxMs: 1_000 },
+        recheckIntervalMs: 300,
+        stream: { statusIntervalMs: 1_000, receiveTimeoutMs: 10_000 },
+      });
+      await out.agent.start();
+      return out.agent;
+    },
+    async close() {
+      await out.agent?.stop().catch(() => {});
+      await db?.end().catch(() => {});
+      await proxy?.stop().catch(() => {});
+      await server.stop().catch(() => server.kill());
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+  try {
+    await server.start();
+    db = await server.connect('tandem');
+    db.on('error', () => {});
+    out.db = db;
+    for (const d of ddl) await db.query(d);
+    let port = server.options.port;
+    if (bed.wan) {
+      const byAddress = new Map<string, string>([...bed.regions.map((r, i): [string, string] => [`127.0.${i + 1}.1`, r]), [N_HOST, NEW]]);
+      port = await freePort(N_HOST);
+      proxy = new WanProxy({ region: NEW, listen: { host: N_HOST, port }, upstream: { host: N_HOST, port: server.options.port }, state: bed.wan, regionOf: (a) => byAddress.get(a.replace(/^::ffff:/, '')) });
+      await proxy.start();
+    }
+    const input = parse(readFileSync(bed.configFile, 'utf8')) as ConfigInput;
+    input.regions.push({
+      name: NEW,
+      addresses: [N_HOST],
+      healthUrl: `http://${N_HOST}:8080/healthz`,
+      database: { host: N_HOST, port, database: 'tandem', user: 'postgres', password: { env: PASSWORD_ENV } },
+      ...(bed.wan ? { localDatabase: { port: server.options.port } } : {}),
+      bindAddress: N_HOST,
+    });
+    out.config = parseConfig(input);
+    writeFileSync(out.configFile, stringify(input));
+    return out;
+  } catch (err) {
+    await out.close();
+    throw err;
+  }
 }
 
 /** Wait until every agent has applied what each of its peers had written when called. */
@@ -119,27 +191,18 @@ async function caughtUp(dbs: pg.Client[], regions: string[], agents: Replication
 
 describe('bootstrap of a new region into a live mesh', () => {
   let bed: Bed | undefined;
-  let nServer: PostgresServer | undefined;
-  let nRoot = '';
-  let nProxy: WanProxy | undefined;
-  let nDb: pg.Client | undefined;
-  let nAgent: ReplicationAgent | undefined;
+  let added: NewRegion | undefined;
   let cli: ChildProcess | undefined;
   const writers: Array<ReturnType<typeof writer>> = [];
   after(async () => {
     await Promise.all(writers.map((w) => w.stop().catch(() => 0)));
     if (cli) await killChild(cli);
-    await nAgent?.stop().catch(() => {});
-    await nDb?.end().catch(() => {});
-    await nProxy?.stop().catch(() => {});
-    await nServer?.stop().catch(() => nServer?.kill());
-    if (nRoot) rmSync(nRoot, { recursive: true, force: true });
+    await added?.close();
     await bed?.close();
   });
 
   test(`a third region joins two writing ones and all three end identical (seed ${seed}; rerun with TANDEM_SEED=${seed})`, { timeout: 150_000 }, async (t) => {
     t.diagnostic(`seed ${seed}`);
-    const rand = prng(seed);
     bed = await startBed({ regions: 2, ddl: DDL, tables: TABLES, wan: { latencyMs: 10 } });
     const [e1, e2] = bed.db as [pg.Client, pg.Client];
     await bed.startAgent(0);
@@ -158,26 +221,8 @@ describe('bootstrap of a new region into a live mesh', () => {
     await waitFor('r-one history in r-two', async () => (await e2.query<{ n: number }>(`SELECT count(*)::int AS n FROM kv WHERE n = 3`)).rows[0]!.n === 50, 30_000, 100);
 
     // The new region: its own server behind a WAN link, the tables created and empty, listed in the config.
-    ({ server: nServer, root: nRoot } = await startServer());
-    nDb = await nServer.connect('tandem');
-    nDb.on('error', () => {});
-    for (const ddl of DDL) await nDb.query(ddl);
-    const byAddress = new Map<string, string>([...bed.regions.map((r, i): [string, string] => [`127.0.${i + 1}.1`, r]), [N_HOST, NEW]]);
-    const nProxyPort = await freePort(N_HOST);
-    nProxy = new WanProxy({ region: NEW, listen: { host: N_HOST, port: nProxyPort }, upstream: { host: N_HOST, port: nServer.options.port }, state: bed.wan!, regionOf: (a) => byAddress.get(a.replace(/^::ffff:/, '')) });
-    await nProxy.start();
-    const input = parse(readFileSync(bed.configFile, 'utf8')) as ConfigInput;
-    input.regions.push({
-      name: NEW,
-      addresses: [N_HOST],
-      healthUrl: `http://${N_HOST}:8080/healthz`,
-      database: { host: N_HOST, port: nProxyPort, database: 'tandem', user: 'postgres', password: { env: PASSWORD_ENV } },
-      localDatabase: { port: nServer.options.port },
-      bindAddress: N_HOST,
-    });
-    const config3: Config = parseConfig(input);
-    const configFile3 = path.join(bed.dir, 'tandem3.yaml');
-    writeFileSync(configFile3, stringify(input));
+    added = await addRegion(bed, DDL);
+    const { db: nDb, config: config3, configFile: configFile3 } = added;
 
     // Refused while a table of the new region has rows, naming it, before changing anything anywhere.
     await nDb.query(`INSERT INTO kv (k, v) VALUES (-1, 'stray')`);
@@ -234,16 +279,7 @@ describe('bootstrap of a new region into a live mesh', () => {
     assert.equal((await nDb.query(`SELECT nextval('events_id_seq')::int AS v`)).rows[0].v, 101);
 
     // The new region's agent starts; the others restart with it as a peer; it writes too.
-    nAgent = new ReplicationAgent({
-      config: config3,
-      region: NEW,
-      logger: bed.logger.child({ agent: NEW }),
-      adminToken: 'test-token',
-      backoff: { minMs: 100, maxMs: 1_000 },
-      recheckIntervalMs: 300,
-      stream: { statusIntervalMs: 1_000, receiveTimeoutMs: 10_000 },
-    });
-    await nAgent.start();
+    const nAgent = await added.startAgent();
     for (const i of [0, 1]) {
       await bed.stopAgent(i);
       await bed.startAgent(i, { config: config3 });
@@ -274,5 +310,75 @@ describe('bootstrap of a new region into a live mesh', () => {
     const again = await bootstrapRegion({ config: config3, region: NEW });
     assert.equal(again.alreadyDone, true);
     assert.equal(again.consistentPoint, report.consistentPoint);
+  });
+});
+
+describe('bootstrap with interleaved sequences', () => {
+  let bed: Bed | undefined;
+  let added: NewRegion | undefined;
+  const inserters: Array<{ stop(): Promise<number> }> = [];
+  after(async () => {
+    await Promise.all(inserters.map((w) => w.stop().catch(() => 0)));
+    await added?.close();
+    await bed?.close();
+  });
+
+  test('every region moves to the new modulus above every value any region handed out; ids never collide', { timeout: 90_000 }, async () => {
+    const ddl = [`CREATE TABLE ids (id bigserial PRIMARY KEY, region text NOT NULL)`, `CREATE TABLE ids2 (id int GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, region text NOT NULL)`];
+    bed = await startBed({ regions: 2, ddl, tables: ['public.ids', 'public.ids2'], replication: { interleaveSequences: true } });
+    const [e1, e2] = bed.db as [pg.Client, pg.Client];
+    await bed.startAgent(0);
+    await bed.startAgent(1);
+    // Each region inserts with its sequences (ids ≡ 1 and ≡ 0 mod 2) during the whole bootstrap.
+    const inserted = [0, 0, 0];
+    const inserter = (db: pg.Client, i: number, region: string) => {
+      let stop = false;
+      const done = (async () => {
+        while (!stop) {
+          await db.query(`INSERT INTO ids (region) VALUES ($1)`, [region]);
+          await db.query(`INSERT INTO ids2 (region) VALUES ($1)`, [region]);
+          inserted[i]!++;
+          await sleep(3);
+        }
+      })();
+      return {
+        async stop() {
+          stop = true;
+          await done;
+          return inserted[i]!;
+        },
+      };
+    };
+    inserters.push(inserter(e1, 0, 'r-one'), inserter(e2, 1, 'r-two'));
+    await sleep(500);
+    added = await addRegion(bed, ddl);
+    const report = await bootstrapRegion({ config: added.config, region: NEW });
+    assert.ok(report.actions.some((a) => /INCREMENT BY 3/.test(a)), report.actions.join('\n'));
+    // Every region's sequences now count in steps of 3 in the region's own class.
+    for (const [i, db] of [e1, e2, added.db].entries()) {
+      const { rows } = await db.query<{ seqrelid: string; inc: string }>(`SELECT seqrelid::regclass::text AS seqrelid, seqincrement::text AS inc FROM pg_sequence WHERE seqrelid::regclass::text LIKE 'ids%' ORDER BY 1`);
+      assert.deepEqual(rows.map((r) => r.inc), ['3', '3'], `region ${i + 1}: ${JSON.stringify(rows)}`);
+    }
+    await added.startAgent();
+    for (const i of [0, 1]) {
+      await bed.stopAgent(i);
+      await bed.startAgent(i, { config: added.config });
+    }
+    inserters.push(inserter(added.db, 2, NEW));
+    await sleep(1_500);
+    await Promise.all(inserters.map((w) => w.stop()));
+    inserters.length = 0;
+    const total = inserted.reduce((a, b) => a + b, 0);
+    const dbs = [e1, e2, added.db];
+    await waitFor(
+      'every inserted row in every region',
+      async () => (await Promise.all(dbs.map(async (db) => (await db.query<{ n: number }>('SELECT (SELECT count(*) FROM ids) + (SELECT count(*) FROM ids2) AS n')).rows[0]!.n))).every((n) => Number(n) === 2 * total),
+      30_000,
+      100,
+    );
+    // No id was handed out twice: no insert met an existing row anywhere.
+    for (const db of dbs) assert.equal((await db.query(`SELECT count(*)::int AS n FROM tandem.conflicts`)).rows[0].n, 0);
+    const { rows } = await added.db.query<{ id: string; region: string }>(`SELECT id::text, region FROM ids WHERE region = $1`, [NEW]);
+    assert.ok(rows.length > 0 && rows.every((r) => BigInt(r.id) % 3n === 0n), `the new region (third in the config) hands out ids ≡ 0 mod 3: ${rows.slice(0, 5).map((r) => r.id)}`);
   });
 });
