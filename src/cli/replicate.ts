@@ -57,8 +57,9 @@ export function register(program: Command): void {
     .option('--from <name>', 'the region to copy from (default: the first other region of the config)')
     .option('--batch-rows <n>', 'rows per fetch from the source and per insert', intOption('--batch-rows', 1), 5000)
     .option('--wait-timeout <sec>', 'how long to wait for the source to apply the other regions up to their new slots', intOption('--wait-timeout', 1), 300)
+    .option('--reset', "bootstrap again although the region has rows or was bootstrapped (its content is replaced in one transaction; its writes not yet replicated are lost)")
     .option('--json', 'print JSON')
-    .action(async (opts: { region: string; from?: string; batchRows: number; waitTimeout: number; json?: boolean }, cmd: Command) => {
+    .action(async (opts: { region: string; from?: string; batchRows: number; waitTimeout: number; reset?: boolean; json?: boolean }, cmd: Command) => {
       const { bootstrapRegion, formatBootstrapProgress, formatBootstrapReport } = await import('../replication/bootstrap.ts');
       const { TandemError } = await import('../core/errors.ts');
       const { createLogger } = await import('../core/log.ts');
@@ -73,6 +74,7 @@ export function register(program: Command): void {
           region: opts.region,
           ...(opts.from ? { from: opts.from } : {}),
           batchRows: opts.batchRows,
+          reset: Boolean(opts.reset),
           catchUpTimeoutMs: opts.waitTimeout * 1000,
           signal: abort.signal,
           logger: createLogger({ name: 'replication-bootstrap', level: process.env.TANDEM_LOG_LEVEL ?? 'warn' }),

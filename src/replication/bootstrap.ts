@@ -63,6 +63,12 @@ export interface BootstrapOptions {
   catchUpTimeoutMs?: number;
   /** Cancels the bootstrap (nothing is committed in N before the copy's single commit). */
   signal?: AbortSignal;
+  /**
+   * Bootstrap N again although it has rows or was bootstrapped before (e.g. after a slot lost its
+   * WAL): N's replicated tables are emptied in the copy's own transaction, so N keeps its old
+   * content if the copy fails. N's own writes that have not reached the other regions are lost.
+   */
+  reset?: boolean;
 }
 
 /** What `onProgress` receives. */
@@ -181,22 +187,30 @@ export async function bootstrapRegion(opts: BootstrapOptions): Promise<Bootstrap
     signal?.throwIfAborted();
 
     const marker = await readMarker(N.db);
-    if (marker?.state === 'done') {
+    if (marker?.state === 'done' && !opts.reset) {
       step(`${n} was bootstrapped from ${marker.source} at ${marker.finishedAt}; checking the finishing steps only`);
       report.alreadyDone = true;
       report.source = marker.source;
       report.consistentPoint = marker.consistentPoint ?? '';
       report.startPoints = marker.startPoints ?? {};
       await installTarget(config, N, peers, tables, report, step);
+      const missing: string[] = [];
+      for (const p of peers) if (!(await readSlot(p.db, slotName(n)))) missing.push(p.region);
+      if (missing.length > 0) {
+        throw new TandemError(
+          'TANDEM_ERR_STATE',
+          `${n} was bootstrapped, but its slot ${slotName(n)} is missing on ${missing.join(', ')}: ${n} can no longer stream from there; stop ${n}'s agent and bootstrap it again with --reset`,
+        );
+      }
       await finishSequences(config, conns, n, tables, report, step);
       return report;
     }
-    for (const [key, t] of targetTables) {
+    for (const [key, t] of opts.reset ? [] : targetTables) {
       const { rows } = await N.db.query<{ any: boolean }>(`SELECT EXISTS (SELECT 1 FROM ${t.quoted}) AS any`);
       if (rows[0]!.any) {
         throw new TandemError(
           'TANDEM_ERR_STATE',
-          `${n}: table ${key} already has rows; bootstrap copies into empty tables (truncate it if its content is disposable, or bootstrap another database)`,
+          `${n}: table ${key} already has rows; bootstrap copies into empty tables (to discard ${n}'s content and copy again, pass --reset)`,
           { details: { table: key } },
         );
       }
@@ -220,7 +234,11 @@ export async function bootstrapRegion(opts: BootstrapOptions): Promise<Bootstrap
     }
     if (leftovers.length > 0) {
       report.restarted = true;
-      step(`a previous bootstrap of ${n} did not finish; starting over (removed: ${leftovers.join('; ')})`);
+      step(
+        marker?.state === 'copying'
+          ? `a previous bootstrap of ${n} did not finish; starting over (removed: ${leftovers.join('; ')})`
+          : `removed what an earlier setup or bootstrap of ${n} left: ${leftovers.join('; ')}`,
+      );
     }
 
     // 2. N: schema, triggers, publication, origins, its own slots; the Ei: origin for N.
@@ -398,7 +416,13 @@ async function installTarget(
     if (await ensureOrigin(N.db, p.region)) report.actions.push(`origin ${originName(p.region)} created in ${N.region}`);
     await N.db.query('INSERT INTO tandem.replication_status (peer) VALUES ($1) ON CONFLICT (peer) DO NOTHING', [p.region]);
     if (await ensureOrigin(p.db, N.region)) report.actions.push(`origin ${originName(N.region)} created in ${p.region}`);
-    await p.db.query('INSERT INTO tandem.replication_status (peer) VALUES ($1) ON CONFLICT (peer) DO NOTHING', [N.region]);
+    // N has written nothing before now: lag from N counts from here (not from the existing region's setup,
+    // which would read as hours of lag until its agent learns about N).
+    await p.db.query(
+      `INSERT INTO tandem.replication_status AS st (peer, source_commit_ts, applied_at) VALUES ($1, clock_timestamp(), clock_timestamp())
+       ON CONFLICT (peer) DO UPDATE SET source_commit_ts = COALESCE(st.source_commit_ts, EXCLUDED.source_commit_ts), applied_at = COALESCE(st.applied_at, EXCLUDED.applied_at)`,
+      [N.region],
+    );
   }
   for (const p of peers) {
     if (o.freshSlots) await dropSlot(N.db, slotName(p.region), { ifExists: true, terminateActive: true });
@@ -499,6 +523,11 @@ async function copySnapshot(c: CopyInput): Promise<{ tables: BootstrapTableRepor
     // Everything N writes now carries origin S: pgoutput's origin 'none' keeps the copy out of N's slots.
     await dst.query('SELECT pg_replication_origin_session_setup($1)', [originName(s)]);
     await dst.query('BEGIN');
+    if (opts.reset) {
+      // Filtered out of N's slots like the copy (origin S): the other regions keep their rows.
+      await dst.query(`TRUNCATE ${[...c.targetTables.values()].map((t) => t.quoted).join(', ')}`);
+      c.step(`${n}: replicated tables emptied (--reset; committed only with the copy)`);
+    }
     await dst.query('DELETE FROM tandem.row_versions');
     await dst.query('DELETE FROM tandem.parked');
     const tables: BootstrapTableReport[] = [];

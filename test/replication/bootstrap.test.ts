@@ -30,6 +30,7 @@ import { WanProxy } from '../../src/lab/wan.ts';
 import { ReplicationAgent } from '../../src/replication/agent.ts';
 import { bootstrapRegion, type BootstrapProgress } from '../../src/replication/bootstrap.ts';
 import { parseLsn } from '../../src/replication/protocol.ts';
+import { readLag } from '../../src/replication/status.ts';
 import { verifyTables } from '../../src/replication/verify.ts';
 
 const seed = process.env.TANDEM_SEED ? Number(process.env.TANDEM_SEED) : Math.floor(Math.random() * 1e9);
@@ -278,6 +279,10 @@ describe('bootstrap of a new region into a live mesh', () => {
     // Without interleaving, the new region's serial continues after the copied ids.
     assert.equal((await nDb.query(`SELECT nextval('events_id_seq')::int AS v`)).rows[0].v, 101);
 
+    // Lag from the new region counts from the bootstrap in the existing regions (their agents do not know it yet).
+    const lagNew = (await readLag(e1)).find((l) => l.peer === NEW);
+    assert.ok(lagNew && lagNew.lagSec < 30, `lag of ${NEW} in r-one: ${JSON.stringify(lagNew)}`);
+
     // The new region's agent starts; the others restart with it as a peer; it writes too.
     const nAgent = await added.startAgent();
     for (const i of [0, 1]) {
@@ -310,6 +315,19 @@ describe('bootstrap of a new region into a live mesh', () => {
     const again = await bootstrapRegion({ config: config3, region: NEW });
     assert.equal(again.alreadyDone, true);
     assert.equal(again.consistentPoint, report.consistentPoint);
+
+    // A damaged new region (changes that never streamed out) is bootstrapped again with reset.
+    await added.agent!.stop();
+    await nDb.query(`SELECT pg_replication_origin_session_setup('tandem_from_r_one')`);
+    await nDb.query(`UPDATE kv SET v = 'damaged' WHERE k BETWEEN 5000 AND 5009; DELETE FROM kv WHERE k = 6000`);
+    await nDb.query(`SELECT pg_replication_origin_session_reset()`);
+    assert.equal((await verifyTables({ config: config3, regions: ['r-one', NEW] })).differences.length, 11);
+    const redo = await bootstrapRegion({ config: config3, region: NEW, reset: true, from: 'r-two' });
+    assert.equal(redo.source, 'r-two');
+    await added.startAgent();
+    await caughtUp([e1, e2, nDb], [...bed.regions, NEW], [bed.agents[0]!, bed.agents[1]!, added.agent!], 60_000);
+    const healed = await verifyTables({ config: config3, regions: ['r-one', NEW] });
+    assert.equal(healed.identical, true, JSON.stringify(healed.differences.slice(0, 5)));
   });
 });
 
