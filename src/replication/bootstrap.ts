@@ -122,6 +122,7 @@ const MARKER_DDL = `CREATE TABLE IF NOT EXISTS tandem.bootstrap (
 const APP_ADMIN = 'tandem-bootstrap';
 const APP_COPY = 'tandem-bootstrap-copy';
 const APP_SOURCE = 'tandem-bootstrap-source';
+const APP_SNAPSHOT = 'tandem-bootstrap-snapshot';
 /** Exported snapshot names are hex groups joined by dashes (e.g. 00000003-0000001B-1). */
 const SNAPSHOT_NAME = /^[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+$/;
 
@@ -166,6 +167,9 @@ export async function bootstrapRegion(opts: BootstrapOptions): Promise<Bootstrap
   const created: Conn[] = [];
   let copied = false;
   try {
+    // One bootstrap of N at a time (held by this session until it ends, also when this process dies).
+    const { rows: lock } = await N.db.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(hashtext('tandem.bootstrap')) AS ok`);
+    if (!lock[0]?.ok) throw new TandemError('TANDEM_ERR_STATE', `another bootstrap of ${n} is running (it holds the bootstrap lock in ${n}'s database)`);
     // 1. Checks; nothing is changed anywhere until they all pass.
     step(`checking prerequisites of ${conns.map((c) => c.region).join(', ')}`);
     const problems: string[] = [];
@@ -267,7 +271,7 @@ export async function bootstrapRegion(opts: BootstrapOptions): Promise<Bootstrap
 
     // 5. S's slot with an exported snapshot: the copy is that snapshot, the stream starts after it.
     step(`creating slot ${slotName(n)} on ${s} with an exported snapshot`);
-    const snap = await createSlotWithSnapshot(regionByName(config, s).database, slotName(n), { applicationName: APP_ADMIN, what: `${s} database` });
+    const snap = await createSlotWithSnapshot(regionByName(config, s).database, slotName(n), { applicationName: APP_SNAPSHOT, what: `${s} database` });
     created.push(S);
     report.consistentPoint = formatLsn(snap.consistentPoint);
     report.startPoints[s] = report.consistentPoint;
@@ -369,8 +373,8 @@ async function assertNoConsumer(peers: Conn[], n: string): Promise<void> {
     if (!slot?.active || slot.activePid === null) continue;
     const { rows } = await p.db.query<{ app: string | null }>('SELECT application_name AS app FROM pg_stat_activity WHERE pid = $1', [slot.activePid]);
     const app = rows[0]?.app ?? '';
-    if (app === APP_ADMIN) {
-      // The snapshot connection of an interrupted bootstrap that the server has not noticed yet.
+    if (app === APP_SNAPSHOT) {
+      // The snapshot connection of an interrupted bootstrap (this run holds the lock) that the server has not noticed yet.
       await p.db.query('SELECT pg_terminate_backend($1)', [slot.activePid]);
       continue;
     }
