@@ -12,7 +12,7 @@ export { setupReplication, teardownReplication, installRegion, validateTables, e
 export type { SetupReport, TeardownReport, SetupOptions } from './setup.ts';
 export { checkPrerequisites } from './prereq.ts';
 export type { PrereqReport, PrereqProblem, Platform } from './prereq.ts';
-export { readLag, maxLagSec } from './status.ts';
+export { readLag, maxLagSec, replicationLagSec } from './status.ts';
 export type { PeerLag } from './status.ts';
 export { replicationStatus, formatStatus } from './report.ts';
 export type { ReplicationStatus, RegionReplicationStatus } from './report.ts';
@@ -25,3 +25,8 @@ export type { ReplicationStreamOptions, StreamItem } from './stream.ts';
 export { decodePgOutput, UNCHANGED_TOAST } from './pgoutput.ts';
 export type { PgOutputMessage, TupleValue, RelationColumn } from './pgoutput.ts';
 export { parseLsn, formatLsn, pgTimeToDate, dateToPgTime } from './protocol.ts';
+export { bootstrapRegion, formatBootstrapProgress, formatBootstrapReport } from './bootstrap.ts';
+export type { BootstrapOptions, BootstrapProgress, BootstrapReport } from './bootstrap.ts';
+export { verifyTables, formatVerifyReport, formatKey } from './verify.ts';
+export type { VerifyOptions, VerifyReport, VerifyDifference } from './verify.ts';
+export { setupInterleavedSequences } from './sequences.ts';
