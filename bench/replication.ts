@@ -381,7 +381,7 @@ async function phaseSaturated(ctx: Ctx): Promise<NonNullable<SystemResult['satur
   const appliedRows = s1.dirs.reduce((n, d, i) => n + d.applied.rows - s0.dirs[i]!.applied.rows, 0);
   const cpu = await cpuWindowEnd(ctx, cpu0, appliedRows);
   log(`${ctx.kind}: load stopped (pgbench: ${summaries.map((s) => `${fmt(s?.tps, 0)} tx/s, ${s?.failed ?? 0} failed`).join('; ')}); waiting for the targets to catch up`);
-  const catchUp = await catchUpAfter(ctx, ended, OPT.maxCatchUpSec * 1000 * 3);
+  const catchUp = await catchUpAfter(ctx, ended, OPT.maxCatchUpSec * 1000);
   const lags: number[] = [];
   for (let i = 0; i < ctx.writers.length; i++) lags.push(...(await markerLagsMs(ctx.writers[i]!, ctx.pollers[i]!, markerFrom[i]!, markerTo[i]!)).lagsMs);
   const dirs = s1.dirs.map((d, i) => ({
