@@ -307,7 +307,7 @@ export class PeerPipeline extends BaseService {
   }
 
   async #run(signal: AbortSignal): Promise<void> {
-    const backoff = this.#o.backoff ?? { minMs: 500, maxMs: 30_000 };
+    const backoff = this.#o.backoff ?? { minMs: 500, maxMs: 2_000 };
     let delay = backoff.minMs;
     while (!signal.aborted) {
       this.#state = 'connecting';

@@ -40,15 +40,19 @@ export const replication = z
      * closing would otherwise wait forever; after this the pipeline reconnects and retries.
      */
     applyTimeoutSec: sec.default(60),
-    /** Backoff between reconnects of a peer pipeline after an error: from minMs, doubling, capped at maxMs. */
+    /**
+     * Backoff between reconnects of a peer pipeline after an error: from minMs, doubling, capped at maxMs.
+     * The cap is short on purpose: after a partition heals, catch-up starts within about maxMs (each
+     * attempt also waits up to the region's connectTimeoutSec), and a failed attempt costs little.
+     */
     reconnect: z
       .object({
         minMs: ms.default(500),
-        maxMs: ms.default(30_000),
+        maxMs: ms.default(2_000),
       })
       .strict()
       .refine((r) => r.minMs <= r.maxMs, { message: 'minMs must not exceed maxMs', path: ['minMs'] })
-      .default({ minMs: 500, maxMs: 30_000 }),
+      .default({ minMs: 500, maxMs: 2_000 }),
   })
   .strict();
 export type ReplicationConfig = z.output<typeof replication>;
