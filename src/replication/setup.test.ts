@@ -142,6 +142,10 @@ describe('setup on ready servers', () => {
     assert.ok(!again.regions.some((r) => r.actions.some((a) => /^(slot|origin) .* created$/.test(a))));
     const { rows: trig } = await db.query(`SELECT count(*)::int AS n FROM pg_trigger WHERE tgname LIKE 'tandem_capture%' AND tgrelid = 'public.ok'::regclass`);
     assert.equal(trig[0].n, 2);
+    // row_versions grows with every applied row: it is analyzed and vacuumed long before the default 10 % / 20 %.
+    const { rows: opts } = await db.query(`SELECT reloptions FROM pg_class WHERE oid = 'tandem.row_versions'::regclass`);
+    assert.ok(opts[0].reloptions.includes('autovacuum_analyze_scale_factor=0.005'), String(opts[0].reloptions));
+    assert.ok(opts[0].reloptions.includes('autovacuum_vacuum_scale_factor=0.01'), String(opts[0].reloptions));
     // The schema belongs to one region only.
     await assert.rejects(installRegion(db, { region: 'azure-west', tables: [parseTableName('public.ok')] }), (err: unknown) => isTandemError(err, 'TANDEM_ERR_STATE') && /belongs to region "aws-south"/.test(err.message));
     const down = await teardownReplication(config);
