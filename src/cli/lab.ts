@@ -3,7 +3,7 @@
  * take it down again leaving nothing behind.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Option, type Command } from 'commander';
 import { TandemError } from '../core/errors.ts';
@@ -98,15 +98,14 @@ async function up(opts: { dir: string; regions: number; fresh?: boolean; detach?
   if (running) throw new TandemError('TANDEM_ERR_LAB', `a lab is already running (${running.dir}, API ${running.api}); \`tandem lab down\` first`);
   if (opts.detach) return upDetached(opts);
   const t0 = Date.now();
-  const { Lab } = await import('../lab/lab.ts');
+  const { Lab, labPaths } = await import('../lab/lab.ts');
   const { createLogger } = await import('../core/log.ts');
   const { LAB_REPLICATED_TABLES } = await import('../lab/tables.ts');
   mkdirSync(path.join(h.dir, 'logs'), { recursive: true });
   const quiet = opts.supervised || opts.json;
-  const logger = createLogger({
-    name: 'lab',
-    destination: opts.supervised ? process.stdout : (await import('node:fs')).createWriteStream(path.join(h.dir, 'logs', 'supervisor.log'), { flags: 'a' }),
-  });
+  const { createWriteStream } = await import('node:fs');
+  // Detached, the supervisor's stdout already is the log file; in the foreground the terminal shows progress instead.
+  const logger = createLogger({ name: 'lab', destination: opts.supervised ? process.stdout : createWriteStream(labPaths(h.dir).supervisorLog, { flags: 'a' }) });
   const lab = new Lab({
     dir: h.dir,
     regions: opts.regions,
@@ -145,12 +144,10 @@ async function up(opts: { dir: string; regions: number; fresh?: boolean; detach?
 async function upDetached(opts: { dir: string; regions: number; fresh?: boolean; traffic: boolean; json?: boolean }): Promise<void> {
   const t0 = Date.now();
   const dir = path.resolve(opts.dir);
-  if (opts.fresh) {
-    const { labPaths } = await import('../lab/lab.ts');
-    rmSync(labPaths(dir).dir, { recursive: true, force: true });
-  }
+  const { labPaths, wipeLab } = await import('../lab/lab.ts');
+  if (opts.fresh) wipeLab(dir);
   mkdirSync(path.join(dir, 'logs'), { recursive: true });
-  const logFile = path.join(dir, 'logs', 'supervisor.log');
+  const logFile = labPaths(dir).supervisorLog;
   const fd = openSync(logFile, 'a');
   const args = [process.argv[1]!, 'lab', 'up', '--dir', dir, '--regions', String(opts.regions), '--supervised', ...(opts.traffic ? [] : ['--no-traffic'])];
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd], env: process.env });

@@ -138,6 +138,13 @@ function altPgRoot(labDir: string): string {
   return path.join(tmpdir(), `tandem-lab-${createHash('sha1').update(labDir).digest('hex').slice(0, 10)}`);
 }
 
+/** Remove a lab folder and, if it had to live elsewhere, its PostgreSQL data. */
+export function wipeLab(dir: string): void {
+  const abs = path.resolve(dir);
+  rmSync(abs, { recursive: true, force: true });
+  rmSync(altPgRoot(abs), { recursive: true, force: true });
+}
+
 /** The whole lab as one service. */
 export class Lab extends BaseService {
   readonly name = 'lab';
@@ -161,7 +168,6 @@ export class Lab extends BaseService {
   #traffic: Promise<void> | undefined;
   #collector: import('../observe/collector.ts').Collector | undefined;
   readonly #trafficAc = new AbortController();
-  #trafficStats: { at: string; byGeo: Record<string, unknown> } | undefined;
   /** Resolves when someone asks the lab to stop through its API. */
   readonly downRequested: Promise<void>;
 
@@ -192,8 +198,7 @@ export class Lab extends BaseService {
     const p = this.paths;
     if (this.#opts.fresh) {
       this.#step(`wiping ${p.dir}`);
-      rmSync(p.dir, { recursive: true, force: true });
-      rmSync(altPgRoot(p.dir), { recursive: true, force: true });
+      wipeLab(p.dir);
     }
     for (const d of [p.dir, p.logs, p.secrets]) mkdirSync(d, { recursive: true });
     chmodSync(p.secrets, 0o700);
@@ -272,7 +277,7 @@ export class Lab extends BaseService {
     const dnsServers = this.#regions.map((rt) => ({ host: rt.region.address, port: LAB_PORTS.dns }));
     while (!signal.aborted) {
       try {
-        const result = await runLoad({
+        await runLoad({
           serviceName: `${LAB_SERVICE}.${LAB_ZONE}`.replace(/\.$/, ''),
           dnsServers,
           port: LAB_PORTS.app,
@@ -283,7 +288,6 @@ export class Lab extends BaseService {
           signal,
           maxAttempts: 3,
         });
-        this.#trafficStats = { at: new Date().toISOString(), byGeo: result.byGeo };
       } catch (err) {
         if (!signal.aborted) this.#log.warn({ err }, 'lab traffic round failed');
         await sleep(1_000, signal).catch(() => {});

@@ -46,8 +46,11 @@ describe('conflicts across three regions (WAN links, partitions)', () => {
   after(async () => bed?.close());
 
   const q = (i: number, sql: string, params: unknown[] = []) => bed.db[i]!.query(sql, params);
-  const conflicts = async (i: number, table: string, kind: string) =>
-    (await q(i, `SELECT decision, local_region, remote_region FROM tandem.conflicts WHERE relname = $1 AND kind = $2 ORDER BY id`, [table, kind])).rows;
+  /** Conflicts recorded in region i, once every pipeline applied all that was written (tables can converge before a losing change arrives). */
+  const conflicts = async (i: number, table: string, kind: string) => {
+    await waitCaughtUp(bed);
+    return (await q(i, `SELECT decision, local_region, remote_region FROM tandem.conflicts WHERE relname = $1 AND kind = $2 ORDER BY id`, [table, kind])).rows;
+  };
   /** Seed rows everywhere and wait until all regions have them. */
   async function seed(sql: string, table: string, order: string) {
     await q(0, sql);
