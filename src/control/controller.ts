@@ -18,11 +18,14 @@ import type { Config, RegionConfig } from '../core/config/index.ts';
 import { ApiServer, callApi, type Route } from '../core/http.ts';
 import { WebhookNotifier } from '../core/notify.ts';
 import { AuditLog, type AuditEntry } from './audit.ts';
-import { Runbook, inRotation, type Observation, type RegionObservation, type RunbookEvent } from './runbook.ts';
+import { Runbook, inRotation, type Observation, type PeerLagObservation, type RegionObservation, type RunbookEvent } from './runbook.ts';
 import { statusPage } from './page.ts';
 
-/** A region's replication lag from each peer, as read from its database; undefined when unreadable. */
-export type LagReader = (region: RegionConfig) => Promise<Record<string, { lagSec: number; sourceCommitAt: number | undefined }> | undefined>;
+/** A region's replication from each peer: seconds behind, and the source commit time (ms) of the last change applied. */
+export type RegionLag = Record<string, { lagSec: number; sourceCommitAt: number | undefined }>;
+
+/** Reads a region's lag from its database; undefined when unreadable. */
+export type LagReader = (region: RegionConfig) => Promise<RegionLag | undefined>;
 
 /** How much lag history the controller keeps per direction (for the cutover check). */
 const LAG_HISTORY_MS = 120_000;
@@ -213,50 +216,60 @@ export class Controller extends BaseService {
       }),
     );
     const lags = await Promise.all(cfg.regions.map((r) => this.#o.lag(r).catch(() => undefined)));
-    const regions: RegionObservation[] = cfg.regions.map((target, i) => {
-      let votesUnhealthy = 0;
-      let votesHealthy = 0;
-      let unhealthySince: number | undefined;
-      for (const [vantage, view] of this.#dnsViews) {
-        if (view instanceof Error) {
-          // A region's own DNS server not answering is a vote against the region, once it has
-          // answered before or the start-up grace is over (daemons start in any order).
-          if (vantage === target.name && (this.#answered.has(vantage) || Date.now() - this.#startedAt > this.#startupGraceMs)) votesUnhealthy++;
-          continue;
-        }
-        this.#answered.add(vantage);
-        const h = view.regions.find((x) => x.name === target.name)?.health;
-        if (!h) continue;
-        if (h.state === 'unhealthy') {
-          votesUnhealthy++;
-          const since = Date.parse(h.since);
-          if (!Number.isNaN(since)) unhealthySince = Math.min(unhealthySince ?? since, since);
-        } else {
-          votesHealthy++;
-        }
-      }
-      return { name: target.name, votesUnhealthy, votesHealthy, ...(unhealthySince !== undefined ? { unhealthySince } : {}) };
-    });
     const now = Date.now();
-    const h = cfg.health;
-    cfg.regions.forEach((target, i) => {
+    const regions = cfg.regions.map((r) => this.#votes(r.name));
+    regions.forEach((o, i) => {
       const lagFrom = lags[i];
-      if (!lagFrom) return;
-      const o = regions[i]! as RegionObservation;
-      o.lagFrom = {};
-      for (const [peer, l] of Object.entries(lagFrom)) {
-        const hist = this.#lagHistory.get(`${target.name}<${peer}`) ?? [];
-        hist.push({ t: now, lagSec: l.lagSec });
-        while (hist.length && hist[0]!.t < now - LAG_HISTORY_MS) hist.shift();
-        this.#lagHistory.set(`${target.name}<${peer}`, hist);
-        // When the peer is seen unhealthy, it was last known alive about threshold probes before.
-        const since = regions.find((x) => x.name === peer)?.unhealthySince;
-        const aliveUntil = since === undefined ? undefined : since - h.failThreshold * h.intervalMs;
-        const before = aliveUntil === undefined ? [] : hist.filter((x) => x.t <= aliveUntil && x.t >= aliveUntil - PRE_FAILURE_WINDOW_MS);
-        o.lagFrom[peer] = { ...l, ...(before.length ? { lagBeforeFailureSec: Math.max(...before.map((x) => x.lagSec)) } : {}) };
-      }
+      if (lagFrom) o.lagFrom = this.#withLagHistory(o.name, lagFrom, regions, now);
     });
     return { now, regions };
+  }
+
+  /** What the vantage points (the DNS servers) say about one region. */
+  #votes(target: string): RegionObservation {
+    let votesUnhealthy = 0;
+    let votesHealthy = 0;
+    let unhealthySince: number | undefined;
+    for (const [vantage, view] of this.#dnsViews) {
+      if (view instanceof Error) {
+        // A region's own DNS server not answering is a vote against the region, once it has
+        // answered before or the start-up grace is over (daemons start in any order).
+        if (vantage === target && (this.#answered.has(vantage) || Date.now() - this.#startedAt > this.#startupGraceMs)) votesUnhealthy++;
+        continue;
+      }
+      this.#answered.add(vantage);
+      const h = view.regions.find((x) => x.name === target)?.health;
+      if (!h) continue;
+      if (h.state === 'unhealthy') {
+        votesUnhealthy++;
+        const since = Date.parse(h.since);
+        if (!Number.isNaN(since)) unhealthySince = Math.min(unhealthySince ?? since, since);
+      } else {
+        votesHealthy++;
+      }
+    }
+    return { name: target, votesUnhealthy, votesHealthy, ...(unhealthySince !== undefined ? { unhealthySince } : {}) };
+  }
+
+  /**
+   * Record this tick's lag of `target` from each peer and attach, for a peer
+   * seen unhealthy, the worst lag in the half minute before it was last known
+   * alive (about `failThreshold` probes before it turned unhealthy).
+   */
+  #withLagHistory(target: string, lagFrom: RegionLag, regions: RegionObservation[], now: number): Record<string, PeerLagObservation> {
+    const h = this.#o.config.health;
+    const out: Record<string, PeerLagObservation> = {};
+    for (const [peer, l] of Object.entries(lagFrom)) {
+      const hist = this.#lagHistory.get(`${target}<${peer}`) ?? [];
+      hist.push({ t: now, lagSec: l.lagSec });
+      while (hist.length && hist[0]!.t < now - LAG_HISTORY_MS) hist.shift();
+      this.#lagHistory.set(`${target}<${peer}`, hist);
+      const since = regions.find((x) => x.name === peer)?.unhealthySince;
+      const aliveUntil = since === undefined ? undefined : since - h.failThreshold * h.intervalMs;
+      const before = aliveUntil === undefined ? [] : hist.filter((x) => x.t <= aliveUntil && x.t >= aliveUntil - PRE_FAILURE_WINDOW_MS);
+      out[peer] = { ...l, ...(before.length ? { lagBeforeFailureSec: Math.max(...before.map((x) => x.lagSec)) } : {}) };
+    }
+    return out;
   }
 
   /** The first region in config order that is in rotation and whose controller answers. */
