@@ -17,6 +17,7 @@ import type { Policy, Version } from './resolve.ts';
 let cluster: TestCluster;
 let db: pg.Client; // the applier's session
 let user: pg.Client; // a local application session
+let racer: pg.Client; // a concurrent local writer
 let lsn = 0x1000_0000n;
 
 const T1 = parseTableName('public.items');
@@ -112,6 +113,7 @@ before(async () => {
   const s = cluster.servers[0]!;
   db = await client(s);
   user = await client(s);
+  racer = await client(s);
   await user.query(`CREATE TABLE items (id int PRIMARY KEY, name text, qty int)`);
   await user.query(`CREATE SCHEMA "Mixed Case"`);
   await user.query(`CREATE TABLE "Mixed Case"."we""ird tbl" ("the key" text, "k 2" int, "we""ird col" text, PRIMARY KEY ("the key", "k 2"))`);
@@ -126,6 +128,7 @@ before(async () => {
 after(async () => {
   await db?.end().catch(() => {});
   await user?.end().catch(() => {});
+  await racer?.end().catch(() => {});
   await cluster?.stop();
 });
 
@@ -257,49 +260,67 @@ describe('Applier', () => {
     );
   });
 
-  test('a concurrent local INSERT between the reads and the write is detected and the batch retried', async () => {
-    let injected = false;
-    const a = makeApplier({
-      beforeWrite: async (table, attempt) => {
-        if (table === tableKey(T1) && attempt === 1 && !injected) {
-          injected = true;
-          await user.query(`INSERT INTO items VALUES (60, 'local-racer', 1)`);
-        }
-      },
-    });
-    await a.init();
-    const rel = await relation(T1);
-    // Remote insert older than the racing local insert: the local row must survive (not be blindly overwritten).
-    const st = await a.apply(batch([ins(rel, ['60', 'remote', '2'], V(nowUs() - 1_000_000n))]));
-    assert.ok(injected);
-    assert.equal(st.attempts, 2, 'the first attempt saw the count mismatch and retried');
-    assert.equal((await user.query('SELECT name FROM items WHERE id = 60')).rows[0].name, 'local-racer');
-    assert.ok((await conflicts('insert_exists')).some((r) => (r.pk as string[])[0] === '60' && r.decision === 'skip'));
-  });
+  /**
+   * A local transaction that has written but not committed when the apply statement starts, and commits
+   * while the statement waits for its row lock: the statement's reads cannot see the write (it was not
+   * committed at the snapshot), its guarded write re-checks the newest row version (READ COMMITTED) and
+   * must notice. The same injection hits the TypeScript path between its reads and its write.
+   */
+  async function racingWrite(sql: string, params: unknown[]): Promise<void> {
+    await racer.query('BEGIN');
+    await racer.query(sql, params);
+    setTimeout(() => void racer.query('COMMIT').catch(() => {}), 150);
+  }
 
-  for (const race of ['UPDATE', 'DELETE'] as const) {
-    test(`a concurrent local ${race} of a row between the reads and the write is detected (xmin guard)`, async () => {
-      const id = race === 'UPDATE' ? 61 : 62;
-      await user.query(`INSERT INTO items VALUES ($1, 'base', 1)`, [id]);
-      const t0 = await localVersion(T1, String(id));
-      let injected = 0;
+  for (const sqlDecisions of [true, false]) {
+    const path = sqlDecisions ? 'SQL path' : 'TypeScript path';
+    test(`a concurrent local INSERT during the apply is detected and the batch retried (${path})`, async () => {
+      const id = sqlDecisions ? 60 : 63;
+      let injected = false;
       const a = makeApplier({
+        sqlDecisions,
         beforeWrite: async (table, attempt) => {
-          if (table === tableKey(T1) && attempt === 1) {
-            injected++;
-            await user.query(race === 'UPDATE' ? `UPDATE items SET name = 'local-later' WHERE id = $1` : `DELETE FROM items WHERE id = $1`, [id]);
+          if (table === tableKey(T1) && attempt === 1 && !injected) {
+            injected = true;
+            await racingWrite(`INSERT INTO items VALUES ($1, 'local-racer', 1)`, [id]);
           }
         },
       });
       await a.init();
       const rel = await relation(T1);
-      // A remote update newer than the row as read, but older than the racing local write.
-      const st = await a.apply(batch([upd(rel, [String(id), 'remote', '2'], V(t0 + 1n))]));
-      assert.equal(injected, 1);
-      assert.equal(st.attempts, 2, 'the guarded write saw the row change and the batch was retried');
-      const { rows } = await user.query('SELECT name FROM items WHERE id = $1', [id]);
-      assert.deepEqual(rows, race === 'UPDATE' ? [{ name: 'local-later' }] : []);
+      // Remote insert older than the racing local insert: the local row must survive (not be blindly overwritten).
+      const st = await a.apply(batch([ins(rel, [String(id), 'remote', '2'], V(nowUs() - 1_000_000n))]));
+      assert.ok(injected);
+      assert.equal(st.attempts, 2, 'the first attempt saw the count mismatch and retried');
+      assert.equal((await user.query('SELECT name FROM items WHERE id = $1', [id])).rows[0].name, 'local-racer');
+      assert.ok((await conflicts('insert_exists')).some((r) => (r.pk as string[])[0] === String(id) && r.decision === 'skip'));
     });
+
+    for (const race of ['UPDATE', 'DELETE'] as const) {
+      test(`a concurrent local ${race} of a row during the apply is detected (xmin guard, ${path})`, async () => {
+        const id = (race === 'UPDATE' ? 61 : 62) + (sqlDecisions ? 0 : 10);
+        await user.query(`INSERT INTO items VALUES ($1, 'base', 1)`, [id]);
+        const t0 = await localVersion(T1, String(id));
+        let injected = 0;
+        const a = makeApplier({
+          sqlDecisions,
+          beforeWrite: async (table, attempt) => {
+            if (table === tableKey(T1) && attempt === 1) {
+              injected++;
+              await racingWrite(race === 'UPDATE' ? `UPDATE items SET name = 'local-later' WHERE id = $1` : `DELETE FROM items WHERE id = $1`, [id]);
+            }
+          },
+        });
+        await a.init();
+        const rel = await relation(T1);
+        // A remote update newer than the row as read, but older than the racing local write.
+        const st = await a.apply(batch([upd(rel, [String(id), 'remote', '2'], V(t0 + 1n))]));
+        assert.equal(injected, 1);
+        assert.equal(st.attempts, 2, 'the guarded write saw the row change and the batch was retried');
+        const { rows } = await user.query('SELECT name FROM items WHERE id = $1', [id]);
+        assert.deepEqual(rows, race === 'UPDATE' ? [{ name: 'local-later' }] : []);
+      });
+    }
   }
 
   test('odd identifiers: mixed case, spaces and quotes in schema, table and column names', async () => {

@@ -24,6 +24,8 @@ export interface TargetColumn {
   typeSchema: string;
   typeName: string;
   generated: boolean;
+  /** `GENERATED ALWAYS AS IDENTITY`: an INSERT that supplies the value needs `OVERRIDING SYSTEM VALUE`. */
+  identityAlways: boolean;
   notNull: boolean;
   hasDefault: boolean;
   /** Position in the primary key (0-based), or null. */
@@ -72,7 +74,7 @@ export async function describeTables(db: Queryable, names: readonly TableName[])
                                        WHEN 'bit'::regtype THEN 'varbit' WHEN '_bit'::regtype THEN 'varbit[]'
                                        ELSE format_type(a.atttypid, NULL) END,
            'formatted', format_type(a.atttypid, a.atttypmod),
-           'typeSchema', tn.nspname, 'typeName', t.typname, 'generated', a.attgenerated <> '',
+           'typeSchema', tn.nspname, 'typeName', t.typname, 'generated', a.attgenerated <> '', 'identityAlways', a.attidentity = 'a',
            'notNull', a.attnotnull, 'hasDefault', a.atthasdef,
            'keyPosition', array_position(pk.indkey::int2[], a.attnum) - 1,
            'nondeterministicCollation', COALESCE(NOT coll.collisdeterministic, false)

@@ -145,11 +145,13 @@ export interface Decision {
   reason?: string;
 }
 
+/** Reason recorded when a change cannot create a row because of unchanged TOAST columns. */
+export const incompleteReason = 'the change has unchanged TOAST columns and there is no local row to take them from; not applied';
+
 /** Decide what to do with one incoming change given the local state. Pure and total. */
 export function decide(change: IncomingChange, local: LocalState, policy: Policy): Decision {
   const remote = change.version;
   const wins = (v: Version) => compareUnderPolicy(remote, v, policy) >= 0;
-  const incompleteReason = 'the change has unchanged TOAST columns and there is no local row to take them from; not applied';
 
   if (change.op === 'delete') {
     switch (local.kind) {
@@ -194,7 +196,8 @@ export function decide(change: IncomingChange, local: LocalState, policy: Policy
   }
 }
 
-const sameRegionStale = 'the local version from the same region is newer (its clock stepped back?)';
+/** Reason recorded when a change loses to a newer local version written by the same region. */
+export const sameRegionStale = 'the local version from the same region is newer (its clock stepped back?)';
 
 /**
  * Run a custom resolver and complete its result: columns it leaves out keep
