@@ -25,7 +25,8 @@ const ODD = parseTableName('"Mixed Case"."we""ird tbl"');
 const TOAST = parseTableName('public.docs');
 const PRIO = parseTableName('public.prio');
 const CUSTOM = parseTableName('public.counters');
-const ALL = [T1, ODD, TOAST, PRIO, CUSTOM];
+const IDS = parseTableName('public.tickets');
+const ALL = [T1, ODD, TOAST, PRIO, CUSTOM, IDS];
 
 const policies = new Map<string, Policy>([
   [tableKey(PRIO), { kind: 'region-priority', region: 'a' }],
@@ -121,6 +122,7 @@ before(async () => {
   await user.query(`ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL`);
   await user.query(`CREATE TABLE prio (id int PRIMARY KEY, v text)`);
   await user.query(`CREATE TABLE counters (id int PRIMARY KEY, n int, label text)`);
+  await user.query(`CREATE TABLE tickets (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text)`);
   await installRegion(user, { region: 'b', tables: ALL });
   await ensureOrigin(user, 'a');
 });
@@ -322,6 +324,18 @@ describe('Applier', () => {
       });
     }
   }
+
+  test('GENERATED ALWAYS identity columns take the source value, in both apply paths', async () => {
+    const rel = await relation(IDS);
+    for (const [sqlDecisions, id] of [[true, '101'], [false, '202']] as const) {
+      const a = makeApplier({ sqlDecisions });
+      await a.init();
+      const t0 = nowUs();
+      await a.apply(batch([ins(rel, [id, 'remote'], V(t0))]));
+      await a.apply(batch([upd(rel, [id, 'remote 2'], V(t0 + 1n))]));
+      assert.deepEqual((await user.query('SELECT v FROM tickets WHERE id = $1', [id])).rows, [{ v: 'remote 2' }], `sqlDecisions=${sqlDecisions}`);
+    }
+  });
 
   test('odd identifiers: mixed case, spaces and quotes in schema, table and column names', async () => {
     const a = makeApplier();
