@@ -86,11 +86,21 @@ test('a partition holds bytes and new connections until it heals; nothing is los
   const c = await connectFrom('127.0.3.1', port);
   assert.ok((await roundTrip(c, 'x')) < 100);
   c.destroy();
+  // A connection opened during the partition, with bytes already sent, completes once it heals.
+  const late = await connectFrom('127.0.2.1', port);
+  let lateReceived = '';
+  late.on('data', (d: Buffer) => (lateReceived += d.toString()));
+  late.write('opened while partitioned');
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(lateReceived, '');
   state.heal();
   const deadline = Date.now() + 2000;
-  while (received.length < sent.join('').length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  while ((received.length < sent.join('').length || lateReceived.length < 24) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   assert.equal(received, sent.join(''));
+  assert.equal(lateReceived, 'opened while partitioned');
+  assert.equal(late.destroyed, false, 'the held connection survived the heal');
   s.destroy();
+  late.destroy();
 });
 
 test('a bandwidth cap slows a bulk transfer', async () => {

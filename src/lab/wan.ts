@@ -212,10 +212,15 @@ export class WanProxy extends BaseService {
       const count = (n: number) => {
         this.counters.bytes += n;
       };
-      entry.pipes.push(new Pipe(client, upstream, shape, held, count), new Pipe(upstream, client, shape, held, count));
-      // Bytes written before the upstream connects are buffered by the socket; held ones by the pipe.
+      // Bytes for the upstream wait in the pipe until its connect has begun (a socket written before
+      // connect() fails, which would kill a connection held by a partition at the heal); after that
+      // the socket buffers them until it is connected.
+      let connectStarted = false;
+      entry.pipes.push(new Pipe(client, upstream, shape, () => !connectStarted || held(), count), new Pipe(upstream, client, shape, held, count));
       const connect = () => {
+        connectStarted = true;
         upstream.connect(o.upstream.port, o.upstream.host);
+        for (const p of entry.pipes) p.pump();
       };
       // A partitioned path does not complete the connection until it heals (like a lost SYN).
       if (held()) {
