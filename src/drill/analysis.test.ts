@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { bucketize, recoveryTimeMs, servingRegion, acknowledgedWrites, computeRpo, percentile, type RequestRecord } from './analysis.ts';
+import { bucketize, homeAgainAt, recoveryTimeMs, servingRegion, acknowledgedWrites, computeRpo, percentile, type RequestRecord } from './analysis.ts';
 
 const T0 = 1_700_000_000_000;
 
@@ -26,6 +26,18 @@ test('RTO is the end of the last bad second after the fault; an undisturbed geog
   assert.equal(servingRegion(b.south!, T0, fault), 'aws-south');
   // Not recovered by the end of the window: undefined, not a number.
   assert.equal(recoveryTimeMs(b.south!, fault, fault + 15_000), undefined);
+});
+
+test('traffic is home again from the first second after which only the home region answered', () => {
+  const dnsBack = T0 + 20_000;
+  // Cached answers keep some clients on azure-west until 26.3 s; one stray answer at 23.5 s in between.
+  const south = traffic('south', 40, () => false, (t) => (t < dnsBack + 3_000 ? 'azure-west' : t >= dnsBack + 3_500 && t < dnsBack + 3_600 ? 'aws-south' : t < dnsBack + 6_300 ? 'azure-west' : 'aws-south'));
+  const b = bucketize(south, T0, T0 + 40_000);
+  assert.equal(homeAgainAt(b.south!, 'aws-south', dnsBack, T0 + 40_000), T0 + 27_000);
+  // Still away at the end of the window: undefined.
+  assert.equal(homeAgainAt(b.south!, 'aws-south', dnsBack, T0 + 25_000), undefined);
+  // Never away after `from`: home from `from` on.
+  assert.equal(homeAgainAt(b.south!, 'aws-south', T0 + 30_200, T0 + 40_000), T0 + 30_200);
 });
 
 test('one failed request in a second counts as below 99 %', () => {

@@ -80,6 +80,22 @@ export function servingRegion(buckets: readonly SecondBucket[], from: number, to
   return Object.entries(counts).sort((a, b) => b[1] - a[1])[0]?.[0];
 }
 
+/**
+ * When a geography's traffic was home again after a failback: the start of the first second from which
+ * on every answered request of the geography (until `until`) came from `region`. Undefined when it was
+ * not home by then (or no request came after `from`).
+ */
+export function homeAgainAt(buckets: readonly SecondBucket[], region: string, from: number, until: number): number | undefined {
+  const relevant = buckets.filter((b) => b.t + 1000 > from && b.t < until && Object.keys(b.byRegion).length > 0);
+  let at: number | undefined;
+  for (const b of relevant) {
+    const home = Object.entries(b.byRegion).every(([r, n]) => r === region || n === 0);
+    if (!home) at = undefined;
+    else at ??= Math.max(b.t, from);
+  }
+  return at;
+}
+
 /** An acknowledged write: which entity, where, when. */
 export interface AckedWrite {
   key: string;

@@ -21,7 +21,7 @@ import { queryA } from '../dns/client.ts';
 import { runLoad, type GeoClient, type LoadRecord } from '../service/load.ts';
 import type { ControllerStatus } from '../control/controller.ts';
 import type { LinkShape } from '../lab/wan.ts';
-import { acknowledgedWrites, bucketize, computeRpo, percentile, recoveryTimeMs, servingRegion, type Marker, type RequestRecord } from './analysis.ts';
+import { acknowledgedWrites, bucketize, homeAgainAt, computeRpo, percentile, recoveryTimeMs, servingRegion, type Marker, type RequestRecord } from './analysis.ts';
 import type { BoundCheck, DrillReport } from './report.ts';
 
 export const SCENARIOS = ['region-outage', 'partition', 'wan-degradation', 'failback'] as const;
@@ -346,7 +346,8 @@ export class Drill {
         const inc = await this.#dnsIncludes(o.config.regions, homeGeo.ecs, address);
         return inc.every(Boolean) ? this.#mark('DNS back', `every DNS server answers ${homeGeo.geo} with ${address}`) : undefined;
       });
-      await sleep(o.settleSec * 1000, o.signal);
+      // Clients hold the survivor's answer for up to a TTL: wait that long too, so the report shows them coming home.
+      await sleep((o.scenario === 'failback' ? ttlMs : 0) + o.settleSec * 1000, o.signal);
       return { fault, recoveredUntil, rpoProbe, restore, ...(failback ? { failback } : {}), ...(dnsSwitch ? { dnsSwitch } : {}), ...(dnsBack ? { dnsBack } : {}) };
     }
     const what = o.scenario === 'partition' ? `partition ${o.regions.join(' | ')}` : 'WAN degraded (150 ms ± 50 ms, 2 % loss)';
@@ -511,6 +512,11 @@ export class Drill {
       bounds.push({ name: 'failback completed (s after recovery started)', bound: 'done', value: fb, ok: fb !== null });
     }
     const ttlSec = o.config.dns?.services[0]?.ttlSec ?? o.config.dns?.ttlSec ?? 60;
+    // After a failback: when the failed region's home geography was served by it again (clients wait out the TTL).
+    const homeGeo = failedRegion ? o.geos.find((g) => g.homeRegion === failedRegion) : undefined;
+    const home = o.scenario === 'failback' && homeGeo && m.dnsBack ? homeAgainAt(series[homeGeo.geo] ?? [], failedRegion!, m.dnsBack.at, finishedAt) : undefined;
+    if (home !== undefined) this.#markers.push({ name: 'traffic home', at: home, detail: `${homeGeo!.geo} served by ${failedRegion} again` });
+    this.#markers.sort((a, b) => a.at - b.at);
     const report: DrillReport = {
       id: this.#id,
       scenario: o.scenario,
@@ -538,6 +544,7 @@ export class Drill {
         rpo: failedRegion ? rpo : null,
         failbackSec: sec(m.failback, m.restore?.at),
         dnsBackSec: sec(m.dnsBack, m.restore?.at),
+        trafficHomeSec: home === undefined ? null : sec({ at: home }, m.restore?.at),
         requests: {
           total: requests.length,
           ok: requests.filter((r) => r.ok).length,

@@ -41,6 +41,8 @@ export interface DrillReport {
     rpo: (RpoResult & { survivor: string }) | null;
     failbackSec: number | null;
     dnsBackSec: number | null;
+    /** Failback: recovery started → the failed region's home geography served by it again (null: not within the drill). */
+    trafficHomeSec?: number | null;
     requests: { total: number; ok: number; failed: number; acknowledgedWrites: number; byGeo: Record<string, { total: number; ok: number; p50Ms?: number; p99Ms?: number }> };
     convergence: {
       identical: boolean | null;
@@ -80,6 +82,7 @@ export function toMarkdown(r: DrillReport): string {
     `| DNS switched (survivors answer without the failed region) | ${fmt(res.dnsSwitchSec)} |`,
     ...Object.entries(res.rtoByGeo).map(([g, v]) => `| RTO ${g} (success ≥ 99 % again; served by ${v.servedBefore ?? '?'} → ${v.servedDuring ?? '?'}) | ${fmt(v.sec)} |`),
     `| failback (recovery → back in DNS) | ${fmt(res.failbackSec)} |`,
+    ...(res.trafficHomeSec !== undefined ? [`| traffic home (recovery → its geography served by it again) | ${fmt(res.trafficHomeSec)} |`] : []),
     '',
     `RPO: ${res.rpo ? `${res.rpo.missing.length} of ${res.rpo.candidates} acknowledged writes of ${r.failedRegion} were not in ${res.rpo.survivor} at the failure; oldest ${fmt(res.rpo.rpoSec, 's', 3)}` : 'n/a'}.`,
     `Requests: ${res.requests.total} (${res.requests.failed} failed), ${res.requests.acknowledgedWrites} acknowledged writes.`,
@@ -104,7 +107,10 @@ export function timelineSvg(r: DrillReport, width = 1000): string {
   const right = 20;
   const laneH = 70;
   const top = 30;
-  const height = top + geos.length * (laneH + 20) + 40;
+  const yEnd = top + geos.length * (laneH + 20) - 10;
+  const labels = layoutLabels(r.markers.map((m) => ({ at: m.at, text: `${m.name} (+${m.offsetSec.toFixed(1)} s)` })), (t) => left + ((t - t0) / (t1 - t0)) * (width - left - right), width);
+  const rowsOfLabels = labels.reduce((n, l) => Math.max(n, l.row + 1), 0);
+  const height = yEnd + 8 + rowsOfLabels * 11 + 8;
   const x = (t: number) => left + ((t - t0) / (t1 - t0)) * (width - left - right);
   const color = Object.fromEntries(r.regions.map((name, i) => [name, PALETTE[i % PALETTE.length]!]));
   const parts: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${width} ${height}" width="100%" font-family="system-ui,sans-serif" font-size="11">`];
@@ -132,16 +138,38 @@ export function timelineSvg(r: DrillReport, width = 1000): string {
     }
     if (pts.length) parts.push(`<polyline points="${pts.join(' ')}" fill="none" stroke="#222" stroke-width="1.2"><title>success rate</title></polyline>`);
   });
-  const yEnd = top + geos.length * (laneH + 20) - 10;
-  r.markers.forEach((m, i) => {
-    const mx = x(m.at);
-    parts.push(`<line x1="${mx.toFixed(1)}" x2="${mx.toFixed(1)}" y1="${top - 5}" y2="${yEnd}" stroke="#555" stroke-dasharray="3,3"/>`);
-    parts.push(`<text x="${(mx + 2).toFixed(1)}" y="${yEnd + 12 + (i % 3) * 11}" fill="#333">${esc(m.name)} (+${m.offsetSec.toFixed(1)} s)</text>`);
-  });
+  for (const l of labels) {
+    parts.push(`<line x1="${l.x.toFixed(1)}" x2="${l.x.toFixed(1)}" y1="${top - 5}" y2="${yEnd + l.row * 11 + 3}" stroke="#555" stroke-dasharray="3,3"/>`);
+    const tx = l.anchorEnd ? l.x - 2 : l.x + 2;
+    parts.push(`<text x="${tx.toFixed(1)}" y="${yEnd + 12 + l.row * 11}" fill="#333"${l.anchorEnd ? ' text-anchor="end"' : ''}>${esc(l.text)}</text>`);
+  }
   const legend = r.regions.map((n, i) => `<rect x="${left + i * 140}" y="8" width="12" height="12" fill="${color[n]}"/><text x="${left + i * 140 + 16}" y="18">${esc(n)}</text>`).join('');
   parts.push(legend, `<rect x="${left + r.regions.length * 140}" y="8" width="12" height="12" fill="#d62728"/><text x="${left + r.regions.length * 140 + 16}" y="18">failed</text>`);
   parts.push('</svg>');
   return parts.join('\n');
+}
+
+/** Approximate width of a label at font-size 11 (the SVG is laid out without measuring text). */
+const LABEL_CHAR_PX = 6.2;
+
+/**
+ * Marker labels in rows under the lanes: each goes into the first row where it does not overlap the
+ * label before it, to the right of its line, or to the left when it would run past the right edge.
+ */
+export function layoutLabels(markers: Array<{ at: number; text: string }>, x: (t: number) => number, width: number): Array<{ x: number; text: string; row: number; anchorEnd: boolean }> {
+  const rowEnds: number[] = [];
+  return [...markers]
+    .sort((a, b) => a.at - b.at)
+    .map((m) => {
+      const mx = x(m.at);
+      const w = m.text.length * LABEL_CHAR_PX;
+      const anchorEnd = mx + 2 + w > width - 2;
+      const [from, to] = anchorEnd ? [mx - 2 - w, mx - 2] : [mx + 2, mx + 2 + w];
+      let row = rowEnds.findIndex((end) => end + 6 <= from);
+      if (row < 0) row = rowEnds.push(to) - 1;
+      else rowEnds[row] = to;
+      return { x: mx, text: m.text, row, anchorEnd };
+    });
 }
 
 /** A self-contained HTML report. */
