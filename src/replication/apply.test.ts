@@ -523,6 +523,50 @@ describe('Applier', () => {
     assert.equal((await user.query('SELECT count(*)::int AS n FROM prio')).rows[0].n, 0);
   });
 
+  test('a big batch probes each key once, even when the version table statistics lag behind a bulk load', async () => {
+    // auto_explain sends every plan of the applier's session back as a notice (JSON, with row counts).
+    await user.query(`CREATE TABLE bulk (id int PRIMARY KEY, v text)`);
+    const B = parseTableName('public.bulk');
+    await user.query(`ALTER TABLE tandem.row_versions SET (autovacuum_enabled = false)`);
+    await user.query('ANALYZE tandem.row_versions'); // statistics from before any entry of bulk existed
+    const loops: Array<{ node: string; loops: number }> = [];
+    const walk = (n: Record<string, unknown>) => {
+      if (n['Node Type'] === 'CTE Scan' || n['Node Type'] === 'Function Scan') loops.push({ node: `${n['Node Type']} ${n['CTE Name'] ?? n['Function Name']}`, loops: n['Actual Loops'] as number });
+      for (const c of (n.Plans as Array<Record<string, unknown>>) ?? []) walk(c);
+    };
+    const onNotice = (m: { message?: string }) => {
+      const at = m.message?.indexOf('{') ?? -1;
+      if (at >= 0 && m.message!.includes('plan:')) walk((JSON.parse(m.message!.slice(at)) as { Plan: Record<string, unknown> }).Plan);
+    };
+    db.on('notice', onNotice);
+    try {
+      const rel = await relation(B);
+      const n = 2_000;
+      for (const sqlDecisions of [true, false]) {
+        const a = new Applier({ db, localRegion: 'b', peer: 'a', tables: new Set([...ALL, B].map(tableKey)), policyFor: () => ({ kind: 'lww' }), logger: silentLogger(), sqlDecisions });
+        await a.init();
+        await db.query(`LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_analyze = on; SET auto_explain.log_timing = off;
+                        SET auto_explain.log_format = 'json'; SET auto_explain.log_level = 'notice'; SET client_min_messages = 'notice'`);
+        const base = sqlDecisions ? 0 : 10 * n;
+        const t0 = nowUs();
+        // New keys, then updates of all of them (their entries exist now; the statistics still say none do) and more new keys.
+        await a.apply(batch(Array.from({ length: n }, (_, i) => ins(rel, [String(base + i), 'new'], V(t0))), n));
+        loops.length = 0;
+        const second = [...Array.from({ length: n }, (_, i) => upd(rel, [String(base + i), 'updated'], V(t0 + 1n))), ...Array.from({ length: n / 4 }, (_, i) => ins(rel, [String(base + n + i), 'new'], V(t0 + 1n)))];
+        const st = await a.apply(batch(second, second.length));
+        await db.query(`SET auto_explain.log_min_duration = -1`);
+        assert.equal(st.rows, n + n / 4);
+        assert.ok(loops.length > 0, 'plans were seen');
+        const rescanned = loops.filter((l) => l.loops > 1);
+        assert.deepEqual(rescanned, [], `sqlDecisions=${sqlDecisions}: a node ran once per key instead of once per batch`);
+      }
+      assert.equal((await user.query(`SELECT count(*)::int AS n FROM bulk WHERE v = 'updated'`)).rows[0].n, 2 * n);
+    } finally {
+      db.off('notice', onNotice);
+      await user.query(`ALTER TABLE tandem.row_versions RESET (autovacuum_enabled)`);
+    }
+  });
+
   test('a table with a data error the target refuses is paused with that error, not retried forever', async () => {
     await user.query(`CREATE TABLE strict (id int PRIMARY KEY, v int CHECK (v > 0))`);
     const S = parseTableName('public.strict');

@@ -232,9 +232,10 @@ interface KeyEntry {
 interface LocalInfo {
   pk: string[];
   state: LocalState;
-  /** The row exists; `xmin` is the row version the decision was made on. */
+  /** The row exists; `xmin` is the row version the decision was made on, `ctid` where it was. */
   exists: boolean;
   xmin?: string;
+  ctid?: string;
   /** A row_versions entry exists; `entryXid` is the entry the decision was made on. */
   hasEntry: boolean;
   entryXid?: string;
@@ -242,8 +243,8 @@ interface LocalInfo {
 
 /** The per-table write plan, gathered from decisions. */
 interface WritePlan {
-  deletes: Array<{ e: KeyEntry; xmin: string }>;
-  updates: Array<{ e: KeyEntry; values: Value[]; xmin: string }>;
+  deletes: Array<{ e: KeyEntry; xmin: string; ctid: string }>;
+  updates: Array<{ e: KeyEntry; values: Value[]; xmin: string; ctid: string }>;
   inserts: Array<{ e: KeyEntry; values: Value[] }>;
   versions: Array<{ pk: string[]; version: Version; deleted: boolean; entryXid: string | undefined }>;
 
@@ -308,11 +309,16 @@ export class Applier {
    */
   async init(): Promise<bigint> {
     const db = this.#o.db;
-    // Every apply statement joins one batch of keys to the tables through their primary keys. The planner
-    // cannot know a batch's size (a jsonb array counts as 100 rows) and, for tables of some ten thousand
-    // rows, prefers hashing the whole of tandem.row_versions to 100 index lookups: measured at 30-130 ms
-    // per statement instead of 1-3 ms. Nested loops over the keys are right for every batch size here.
-    const planner = [['enable_hashjoin', 'off'], ['enable_mergejoin', 'off']] as const;
+    // Every apply statement joins one batch of keys to the tables through their primary keys: nested loops
+    // of index probes are right for every batch size here. The planner cannot know a batch's size (a jsonb
+    // array counts as 100 rows) and plans from statistics that lag behind a table that grows fast:
+    // - for tables of some ten thousand rows it preferred hashing the whole of tandem.row_versions to 100
+    //   index lookups (30-130 ms per statement instead of 1-3 ms);
+    // - with statistics from when tandem.row_versions was small (a bulk load replicating into a new
+    //   table) it read every entry of the table once (a bitmap scan on relname alone), materialized them
+    //   and compared each key with each entry: 8,000 keys x 2,000 entries took 6 s, quadratic in the load.
+    // Only index probes are left to it (a table without a usable index still gets its sequential scan).
+    const planner = [['enable_hashjoin', 'off'], ['enable_mergejoin', 'off'], ['enable_seqscan', 'off'], ['enable_bitmapscan', 'off'], ['enable_material', 'off']] as const;
     const sets = [...CANONICAL_SETTINGS, ['session_replication_role', 'replica'] as const, ...planner].map(([k, v]) => `SET ${k} = '${v.replaceAll("'", "''")}'`);
     await db.query(sets.join('; '));
     const origin = originName(this.#o.peer);
@@ -883,6 +889,7 @@ export class Applier {
       i: number;
       pk: string[] | null;
       xmin: string | null;
+      tid: string | null;
       ts: string | null;
       exid: string | null;
       deleted: boolean | null;
@@ -891,7 +898,7 @@ export class Applier {
       priority: boolean | null;
     }>(
       // The canonical key text comes back only when it differs from the source's text (rare), to spare parsing.
-      this.#named(`SELECT k.i, NULLIF(${canon}, ARRAY[${keyCols('k.k')}]::text[]) AS pk, t.xmin::text AS xmin, ${tsUs('pg_xact_commit_timestamp(t.xmin)')} AS ts,
+      this.#named(`SELECT k.i, NULLIF(${canon}, ARRAY[${keyCols('k.k')}]::text[]) AS pk, t.xmin::text AS xmin, t.ctid::text AS tid, ${tsUs('pg_xact_commit_timestamp(t.xmin)')} AS ts,
               e.xid::text AS exid, e.deleted, e.region, ${tsUs('COALESCE(e.commit_ts, pg_xact_commit_timestamp(xid(e.xid)))')} AS ets, e.priority
          FROM unnest($1::int4[], ${keyParams(3)}) AS k(i, ${keyCols('k')})
          LEFT JOIN ${t.quoted} t ON ${keyMatch('t', 'k')}
@@ -908,7 +915,7 @@ export class Applier {
       const li: LocalInfo = {
         pk,
         exists: r.xmin !== null,
-        ...(r.xmin !== null ? { xmin: r.xmin } : {}),
+        ...(r.xmin !== null ? { xmin: r.xmin, ctid: r.tid! } : {}),
         hasEntry: r.exid !== null,
         ...(r.exid !== null ? { entryXid: r.exid } : {}),
         state:
@@ -949,12 +956,12 @@ export class Applier {
       const localV = li.state.kind === 'absent' ? undefined : li.state.version;
       switch (d.action) {
         case 'upsert':
-          if (li.exists) plan.updates.push({ e, values: e.values!, xmin: li.xmin! });
+          if (li.exists) plan.updates.push({ e, values: e.values!, xmin: li.xmin!, ctid: li.ctid! });
           else plan.inserts.push({ e, values: e.values! });
           plan.versions.push({ pk: li.pk, version: e.version, deleted: false, entryXid: li.entryXid });
           break;
         case 'delete':
-          plan.deletes.push({ e, xmin: li.xmin! });
+          plan.deletes.push({ e, xmin: li.xmin!, ctid: li.ctid! });
           plan.versions.push({ pk: li.pk, version: e.version, deleted: true, entryXid: li.entryXid });
           break;
         case 'tombstone':
@@ -1266,7 +1273,7 @@ SELECT ${results.map((_, n) => `p${n}.*`).join(', ')},
         throw new TandemError('TANDEM_ERR_REPLICATION', `custom resolver ${policy.name} failed for ${table}: ${(err as Error).message}`, { cause: err });
       }
       const values: Value[] = names.map((nm) => merged.row[nm] ?? null);
-      plan.updates.push({ e, values, xmin: li.xmin! });
+      plan.updates.push({ e, values, xmin: li.xmin!, ctid: li.ctid! });
       plan.versions.push({ pk: li.pk, version: merged.version, deleted: false, entryXid: li.entryXid });
     }
   }
@@ -1282,11 +1289,12 @@ SELECT ${results.map((_, n) => `p${n}.*`).join(', ')},
     const ctes: string[] = [];
     const counts: string[] = [];
     const expect: Record<string, number> = {};
-    // Updates and deletes only touch the row version the decision was made on (its xmin).
-    const keyMatch = `${kc.map((c, j) => `t.${quoteIdent(c.name)} = (k.k${j})::${c.castType}`).join(' AND ')} AND t.xmin = k.x::xid`;
+    // Updates and deletes only touch the row version the decision was made on (its xmin), found where it
+    // was read (its ctid: one TID probe per key, whatever the planner's statistics say; see `init`).
+    const keyMatch = `t.ctid = k.tid::tid AND t.xmin = k.x::xid AND ${kc.map((c, j) => `t.${quoteIdent(c.name)} = (k.k${j})::${c.castType}`).join(' AND ')}`;
     if (plan.deletes.length > 0) {
-      const args = [...kc.map((_, j) => p(plan.deletes.map((d) => d.e.key[j]!), 'text[]')), p(plan.deletes.map((d) => d.xmin), 'text[]')];
-      ctes.push(`d AS (DELETE FROM ${t.quoted} t USING unnest(${args.join(', ')}) AS k(${kc.map((_, j) => `k${j}`).join(', ')}, x) WHERE ${keyMatch} RETURNING 1)`);
+      const args = [...kc.map((_, j) => p(plan.deletes.map((d) => d.e.key[j]!), 'text[]')), p(plan.deletes.map((d) => d.xmin), 'text[]'), p(plan.deletes.map((d) => d.ctid), 'text[]')];
+      ctes.push(`d AS (DELETE FROM ${t.quoted} t USING unnest(${args.join(', ')}) AS k(${kc.map((_, j) => `k${j}`).join(', ')}, x, tid) WHERE ${keyMatch} RETURNING 1)`);
       counts.push('(SELECT count(*) FROM d)::int AS d');
       expect.d = plan.deletes.length;
     }
@@ -1298,8 +1306,8 @@ SELECT ${results.map((_, n) => `p${n}.*`).join(', ')},
         args.push(p(plan.updates.map((u) => u.e.key[j]!), 'text[]'));
         names.push(`k${j}`);
       });
-      args.push(p(plan.updates.map((u) => u.xmin), 'text[]'));
-      names.push('x');
+      args.push(p(plan.updates.map((u) => u.xmin), 'text[]'), p(plan.updates.map((u) => u.ctid), 'text[]'));
+      names.push('x', 'tid');
       const sets: string[] = [];
       cols.forEach((c, j) => {
         if (keyIdx.has(j)) return;
@@ -1349,44 +1357,25 @@ SELECT ${results.map((_, n) => `p${n}.*`).join(', ')},
       }
     }
     const rel = plan.versions.length + plan.conflicts.length > 0 ? p(table, 'text') : '';
-    const upd = plan.versions.filter((v) => v.entryXid !== undefined);
-    const ins = plan.versions.filter((v) => v.entryXid === undefined);
-    const pkCols = kc.map((_, j) => `p${j}`).join(', ');
-    const pkExpr = `ARRAY[${kc.map((_, j) => `k.p${j}`).join(', ')}]::text[]`;
-    if (upd.length > 0) {
+    if (plan.versions.length > 0) {
+      const vs = plan.versions;
       const args = [
-        ...kc.map((_, j) => p(upd.map((v) => v.pk[j]!), 'text[]')),
-        p(upd.map((v) => v.version.tsUs.toString()), 'int8[]'),
-        p(upd.map((v) => v.version.region), 'text[]'),
-        p(upd.map((v) => v.deleted), 'bool[]'),
-        p(upd.map((v) => v.version.priority === true), 'bool[]'),
-        p(upd.map((v) => v.entryXid!), 'text[]'),
-      ];
-      // Only the entry the decision was made on (its xid): a concurrent writer of the entry makes the count differ.
-      ctes.push(
-        `vu AS (UPDATE tandem.row_versions v SET commit_ts = ${usToTs('k.ts')}, region = k.region, xid = pg_current_xact_id(), deleted = k.deleted, priority = k.priority
-           FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted, priority, ex)
-          WHERE v.relname = ${rel} AND v.pk = ${pkExpr} AND v.xid = k.ex::xid8 RETURNING 1)`,
-      );
-      counts.push('(SELECT count(*) FROM vu)::int AS vu');
-      expect.vu = upd.length;
-    }
-    if (ins.length > 0) {
-      const args = [
-        ...kc.map((_, j) => p(ins.map((v) => v.pk[j]!), 'text[]')),
-        p(ins.map((v) => v.version.tsUs.toString()), 'int8[]'),
-        p(ins.map((v) => v.version.region), 'text[]'),
-        p(ins.map((v) => v.deleted), 'bool[]'),
-        p(ins.map((v) => v.version.priority === true), 'bool[]'),
+        ...kc.map((_, j) => p(vs.map((v) => v.pk[j]!), 'text[]')),
+        p(vs.map((v) => v.version.tsUs.toString()), 'int8[]'),
+        p(vs.map((v) => v.version.region), 'text[]'),
+        p(vs.map((v) => v.entryXid ?? null), 'text[]'),
+        p(vs.map((v) => v.deleted), 'bool[]'),
+        p(vs.map((v) => v.version.priority === true), 'bool[]'),
       ];
       ctes.push(
-        `vi AS (INSERT INTO tandem.row_versions (relname, pk, commit_ts, region, xid, deleted, priority)
-           SELECT ${rel}, ${pkExpr}, ${usToTs('k.ts')}, k.region, pg_current_xact_id(), k.deleted, k.priority
-             FROM unnest(${args.join(', ')}) AS k(${pkCols}, ts, region, deleted, priority)
-           ON CONFLICT (relname, pk) DO NOTHING RETURNING 1)`,
+        versionUpsert(
+          'v',
+          `SELECT ${rel}, ARRAY[${kc.map((_, j) => `k.p${j}`).join(', ')}]::text[], ${usToTs('k.ts')}, k.region, k.ex::xid8, k.deleted, k.priority
+             FROM unnest(${args.join(', ')}) AS k(${kc.map((_, j) => `p${j}`).join(', ')}, ts, region, ex, deleted, priority)`,
+        ),
       );
-      counts.push('(SELECT count(*) FROM vi)::int AS vi');
-      expect.vi = ins.length;
+      counts.push('(SELECT count(*) FROM v WHERE ok)::int AS v');
+      expect.v = vs.length;
     }
     if (plan.conflicts.length > 0) {
       const cf = plan.conflicts;
@@ -1427,6 +1416,26 @@ SELECT ${results.map((_, n) => `p${n}.*`).join(', ')},
 /** The source's value goes in as it is, also into `GENERATED ALWAYS AS IDENTITY` columns (every region must hold the same value). */
 function overriding(cols: readonly TargetColumn[]): string {
   return cols.some((c) => c.identityAlways) ? ' OVERRIDING SYSTEM VALUE' : '';
+}
+
+/**
+ * A CTE that writes version entries: `select` yields (relname, pk, commit_ts, region, expected xid,
+ * deleted, priority) per key, the expected xid being that of the entry the decision was made on, or null
+ * when there was none. One INSERT ... ON CONFLICT, so each key is one probe of the primary key whatever
+ * the planner believes about the table (a join here was planned as a scan of every entry of the table
+ * once its statistics lagged behind a bulk load: quadratic). It returns `ok` per key written as planned:
+ * a new entry, or the expected entry updated. A concurrent writer makes a key come back not ok (an entry
+ * that vanished is inserted with the stale xid) or not at all (an entry changed or appeared), so the
+ * counts differ and the batch is retried.
+ */
+function versionUpsert(name: string, select: string): string {
+  return `${name} AS (INSERT INTO tandem.row_versions AS v (relname, pk, commit_ts, region, xid, deleted, priority)
+   SELECT s.relname, s.pk, s.commit_ts, s.region, COALESCE(s.expected, pg_current_xact_id()), s.deleted, s.priority
+     FROM (${select}) AS s(relname, pk, commit_ts, region, expected, deleted, priority)
+   ON CONFLICT (relname, pk) DO UPDATE SET commit_ts = EXCLUDED.commit_ts, region = EXCLUDED.region, xid = pg_current_xact_id(),
+     deleted = EXCLUDED.deleted, priority = EXCLUDED.priority
+     WHERE v.xid = EXCLUDED.xid
+   RETURNING v.xid = pg_current_xact_id() AS ok)`;
 }
 
 /** Marks of the errors the set-based statement raises on purpose (see `tableCtes`). */
@@ -1495,7 +1504,7 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
                             ELSE COALESCE(s.ects, pg_xact_commit_timestamp(xid(s.exid)), 'epoch'::timestamptz) END AS lts,
                   CASE s.lk WHEN 'a' THEN NULL WHEN 'l' THEN $1::text ELSE s.ereg END AS lreg,
                   (s.lk IN ('e', 't') AND s.eprio) AS lprio
-                  FROM (SELECT k.*, ${pkExpr} AS pk, t.xmin AS txmin, e.xid AS exid, e.commit_ts AS ects, e.region AS ereg, e.priority AS eprio,
+                  FROM (SELECT k.*, ${pkExpr} AS pk, t.xmin AS txmin, t.ctid AS tctid, e.xid AS exid, e.commit_ts AS ects, e.region AS ereg, e.priority AS eprio,
                           CASE WHEN t.xmin IS NOT NULL THEN CASE WHEN NOT e.deleted AND xid(e.xid) = t.xmin THEN 'e' ELSE 'l' END
                                WHEN e.deleted THEN 't' ELSE 'a' END AS lk
                           FROM ${k} k
@@ -1516,16 +1525,12 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
   if (sets.length === 0) sets.push(`${q(kc[0]!)} = t.${q(kc[0]!)}`);
   const sentCols = sent.map((j) => cols[j]!);
   ctes.push(
-    `wd${n} AS (DELETE FROM ${t.quoted} t USING ${dec} d WHERE d.act = 'delete' AND ${keyMatch('t')} AND t.xmin = d.txmin RETURNING 1)`,
-    `wu${n} AS (UPDATE ${t.quoted} t SET ${sets.join(', ')} FROM ${dec} d WHERE d.act = 'upsert' AND d.txmin IS NOT NULL AND ${keyMatch('t')} AND t.xmin = d.txmin RETURNING 1)`,
+    `wd${n} AS (DELETE FROM ${t.quoted} t USING ${dec} d WHERE d.act = 'delete' AND t.ctid = d.tctid AND t.xmin = d.txmin AND ${keyMatch('t')} RETURNING 1)`,
+    `wu${n} AS (UPDATE ${t.quoted} t SET ${sets.join(', ')} FROM ${dec} d WHERE d.act = 'upsert' AND d.txmin IS NOT NULL AND t.ctid = d.tctid AND t.xmin = d.txmin AND ${keyMatch('t')} RETURNING 1)`,
     `wi${n} AS (INSERT INTO ${t.quoted} (${sentCols.map(q).join(', ')})${overriding(sentCols)}
    SELECT ${sent.map((j, p) => `(d.v->>${p})::${cols[j]!.castType}`).join(', ')} FROM ${dec} d WHERE d.act = 'upsert' AND d.txmin IS NULL
    ON CONFLICT (${kc.map(q).join(', ')}) DO NOTHING RETURNING 1)`,
-    `vu${n} AS (UPDATE tandem.row_versions v SET commit_ts = d.rts, region = d.region, xid = pg_current_xact_id(), deleted = d.act <> 'upsert', priority = false
-   FROM ${dec} d WHERE d.act <> 'skip' AND d.exid IS NOT NULL AND v.relname = ${relP} AND v.pk = d.pk AND v.xid = d.exid RETURNING 1)`,
-    `vi${n} AS (INSERT INTO tandem.row_versions (relname, pk, commit_ts, region, xid, deleted, priority)
-   SELECT ${relP}, d.pk, d.rts, d.region, pg_current_xact_id(), d.act <> 'upsert', false FROM ${dec} d WHERE d.act <> 'skip' AND d.exid IS NULL
-   ON CONFLICT (relname, pk) DO NOTHING RETURNING 1)`,
+    versionUpsert(`vx${n}`, `SELECT ${relP}, d.pk, d.rts, d.region, d.exid, d.act <> 'upsert', false FROM ${dec} d WHERE d.act <> 'skip'`),
     `wc${n} AS (INSERT INTO tandem.conflicts (peer, relname, pk, kind, local_commit_ts, local_region, remote_commit_ts, remote_region, local_row, remote_row, decision, reason, source_lsn)
    SELECT $2, ${relP}, d.pk, d.kind, d.lts, d.lreg, d.rts, d.region,
           CASE WHEN d.txmin IS NOT NULL THEN (SELECT to_jsonb(t.*) FROM ${t.quoted} t WHERE ${keyMatch('t')}) END,
@@ -1536,17 +1541,16 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
      FROM ${dec} d WHERE d.kind IS NOT NULL RETURNING 1)`,
   );
   const result = `SELECT (SELECT count(*) FROM wd${n})::int AS wd${n}, (SELECT count(*) FROM wu${n})::int AS wu${n}, (SELECT count(*) FROM wi${n})::int AS wi${n},
-         (SELECT count(*) FROM vu${n})::int AS vu${n}, (SELECT count(*) FROM vi${n})::int AS vi${n}, ${prioP} AS priority${n},
+         (SELECT count(*) FROM vx${n} WHERE ok)::int AS vx${n}, ${prioP} AS priority${n},
          count(*) FILTER (WHERE act = 'delete')::int AS xd${n},
          count(*) FILTER (WHERE act = 'upsert' AND txmin IS NOT NULL)::int AS xu${n},
          count(*) FILTER (WHERE act = 'upsert' AND txmin IS NULL)::int AS xi${n},
-         count(*) FILTER (WHERE act <> 'skip' AND exid IS NOT NULL)::int AS xvu${n},
-         count(*) FILTER (WHERE act <> 'skip' AND exid IS NULL)::int AS xvi${n},
+         count(*) FILTER (WHERE act <> 'skip')::int AS xvx${n},
          count(*) FILTER (WHERE reason = ${incomplete})::int AS unapplicable${n},
          (count(*) - count(DISTINCT pk))::int AS dup${n},
          (SELECT jsonb_object_agg(z.kind, z.c) FROM (SELECT kind, count(*)::int AS c FROM ${dec} WHERE kind IS NOT NULL GROUP BY kind) z) AS kinds${n}
     FROM ${dec}`;
-  const pairs = [['wd', 'xd'], ['wu', 'xu'], ['wi', 'xi'], ['vu', 'xvu'], ['vi', 'xvi']] as const;
+  const pairs = [['wd', 'xd'], ['wu', 'xu'], ['wi', 'xi'], ['vx', 'xvx']] as const;
   const ok = pairs.map(([got, want]) => `p${n}.${got}${n} = p${n}.${want}${n}`).join(' AND ');
   return { ctes, result, ok };
 }
