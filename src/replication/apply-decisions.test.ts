@@ -17,13 +17,13 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type pg from 'pg';
+import { sourceRelationOf } from '../../test/helpers/relation.ts';
 import { startCluster, client, type TestCluster } from '../../test/helpers/pg.ts';
 import { silentLogger } from '../core/log.ts';
 import { prng } from '../core/random.ts';
 import { parseTableName, tableKey, type TableName } from '../core/sql.ts';
 import { UNCHANGED_TOAST, type TupleValue } from './pgoutput.ts';
 import { Applier, type Batch, type RowChange } from './apply.ts';
-import { describeTables, type SourceRelation } from './catalog.ts';
 import { decide, type Decision, type LocalState, type Policy, type Version } from './resolve.ts';
 import { ensureOrigin, installRegion } from './setup.ts';
 
@@ -145,18 +145,7 @@ async function prepare(table: string, id: number, setup: Setup, rnd: () => numbe
   }
 }
 
-async function relationOf(t: TableName): Promise<SourceRelation> {
-  const d = (await describeTables(db, [t])).get(tableKey(t))!;
-  return {
-    relationId: 1,
-    schema: t.schema,
-    name: t.table,
-    replicaIdentity: 'd',
-    columns: d.columns.map((c) => ({ flags: c.keyPosition !== null ? 1 : 0, isKey: c.keyPosition !== null, name: c.name, typeOid: c.typeOid, typeMod: c.typeMod })),
-    userTypes: new Map(),
-    key: tableKey(t),
-  };
-}
+const relationOf = (t: TableName) => sourceRelationOf(db, t);
 
 for (const sqlDecisions of [true, false]) {
   test(`applier decisions equal resolve.decide, seed ${SEED} (${sqlDecisions ? 'inside PostgreSQL' : 'TypeScript path'})`, async () => {

@@ -5,12 +5,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type pg from 'pg';
+import { sourceRelationOf } from '../../test/helpers/relation.ts';
 import { startCluster, client, type TestCluster } from '../../test/helpers/pg.ts';
 import { silentLogger } from '../core/log.ts';
 import { tableKey, parseTableName, type TableName } from '../core/sql.ts';
 import { UNCHANGED_TOAST, type TupleValue } from './pgoutput.ts';
 import { Applier, usToTimestamp, type Batch, type Change, type RowChange } from './apply.ts';
-import { describeTables, type SourceRelation } from './catalog.ts';
+import type { SourceRelation } from './catalog.ts';
 import { installRegion, ensureOrigin } from './setup.ts';
 import type { Policy, Version } from './resolve.ts';
 
@@ -57,18 +58,7 @@ function makeApplier(extra: Partial<ConstructorParameters<typeof Applier>[0]> = 
 }
 
 /** The source relation as the peer would describe it (same schema, built from this database). */
-async function relation(t: TableName, relationId = 1): Promise<SourceRelation> {
-  const d = (await describeTables(db, [t])).get(tableKey(t))!;
-  return {
-    relationId,
-    schema: t.schema,
-    name: t.table,
-    replicaIdentity: 'd',
-    columns: d.columns.map((c) => ({ flags: c.keyPosition !== null ? 1 : 0, isKey: c.keyPosition !== null, name: c.name, typeOid: c.typeOid, typeMod: c.typeMod })),
-    userTypes: new Map(),
-    key: tableKey(t),
-  };
-}
+const relation = (t: TableName, relationId = 1) => sourceRelationOf(db, t, relationId);
 
 const V = (tsUs: bigint, region = 'a'): Version => ({ tsUs, region });
 const ins = (rel: SourceRelation, newTuple: TupleValue[], version: Version): RowChange => ({ op: 'insert', rel, newTuple, version, lsn: (lsn += 0x100n) });

@@ -518,25 +518,8 @@ export class Applier {
 
   async #writeStatus(batch: Batch, stats: ApplyStats): Promise<void> {
     await this.#o.db.query(
-      this.#named(`INSERT INTO tandem.replication_status AS s (peer, source_commit_ts, source_lsn, applied_at, last_heartbeat_at, applied_txns, applied_rows)
-       SELECT $1, $2::timestamptz, $3::pg_lsn, clock_timestamp(), $4::timestamptz, $5, $6
-         FROM (SELECT pg_replication_origin_xact_setup($3::pg_lsn, $7::timestamptz)) AS origin
-       ON CONFLICT (peer) DO UPDATE SET
-         source_commit_ts = GREATEST(s.source_commit_ts, EXCLUDED.source_commit_ts),
-         source_lsn = EXCLUDED.source_lsn,
-         applied_at = EXCLUDED.applied_at,
-         last_heartbeat_at = COALESCE(GREATEST(s.last_heartbeat_at, EXCLUDED.last_heartbeat_at), s.last_heartbeat_at),
-         applied_txns = s.applied_txns + EXCLUDED.applied_txns,
-         applied_rows = s.applied_rows + EXCLUDED.applied_rows`),
-      [
-        this.#o.peer,
-        usToTimestamp(batch.sourceTsUs),
-        formatLsn(batch.progress.lsn),
-        batch.heartbeatUs === undefined ? null : usToTimestamp(batch.heartbeatUs),
-        batch.txns,
-        stats.rows,
-        usToTimestamp(batch.progress.tsUs),
-      ],
+      this.#named(statusUpsert({ peer: '$1', commitTs: '$2', lsn: '$3', heartbeat: '$4', txns: '$5::int8', rows: '$6::int8', originTs: '$7' })),
+      [this.#o.peer, ...statusParams(batch, stats)],
     );
   }
 
@@ -1126,16 +1109,7 @@ export class Applier {
    */
   async #runSql(parts: SqlPart[], stats: ApplyStats, status: Batch | undefined): Promise<void> {
     const params: unknown[] = [this.#o.localRegion, this.#o.peer];
-    if (status) {
-      params.push(
-        usToTimestamp(status.sourceTsUs),
-        formatLsn(status.progress.lsn),
-        status.heartbeatUs === undefined ? null : usToTimestamp(status.heartbeatUs),
-        status.txns,
-        stats.rows,
-        usToTimestamp(status.progress.tsUs),
-      );
-    }
+    if (status) params.push(...statusParams(status, stats));
     for (const part of parts) params.push(part.rows, part.table, part.names, part.priority);
     const sql = this.#statementFor(parts, status !== undefined);
     if (this.#o.beforeWrite) for (const part of parts) await this.#o.beforeWrite(part.table, stats.attempts);
@@ -1193,17 +1167,8 @@ export class Applier {
       written.push(`(SELECT count(*) FROM wd${n}) + (SELECT count(*) FROM wu${n}) + (SELECT count(*) FROM wi${n})`);
     });
     if (status) {
-      ctes.push(`st AS (INSERT INTO tandem.replication_status AS s (peer, source_commit_ts, source_lsn, applied_at, last_heartbeat_at, applied_txns, applied_rows)
-   SELECT $2, $3::timestamptz, $4::pg_lsn, clock_timestamp(), $5::timestamptz, $6::int8, $7::int8 + ${written.join(' + ')}
-     FROM (SELECT pg_replication_origin_xact_setup($4::pg_lsn, $8::timestamptz)) AS origin
-   ON CONFLICT (peer) DO UPDATE SET
-     source_commit_ts = GREATEST(s.source_commit_ts, EXCLUDED.source_commit_ts),
-     source_lsn = EXCLUDED.source_lsn,
-     applied_at = EXCLUDED.applied_at,
-     last_heartbeat_at = COALESCE(GREATEST(s.last_heartbeat_at, EXCLUDED.last_heartbeat_at), s.last_heartbeat_at),
-     applied_txns = s.applied_txns + EXCLUDED.applied_txns,
-     applied_rows = s.applied_rows + EXCLUDED.applied_rows
-   RETURNING 1)`);
+      const rows = `$7::int8 + ${written.join(' + ')}`;
+      ctes.push(`st AS (${statusUpsert({ peer: '$2', commitTs: '$3', lsn: '$4', heartbeat: '$5', txns: '$6::int8', rows, originTs: '$8' })} RETURNING 1)`);
     }
     // A failed check raises an error (a cast of text that is not a number), so the statement leaves nothing behind.
     const fail = (mark: string, detail: string) => `(${sqlLiteral(`${mark} `)} || ${detail})::int`;
@@ -1416,6 +1381,35 @@ SELECT ${results.map((_, n) => `p${n}.*`).join(', ')},
 /** The source's value goes in as it is, also into `GENERATED ALWAYS AS IDENTITY` columns (every region must hold the same value). */
 function overriding(cols: readonly TargetColumn[]): string {
   return cols.some((c) => c.identityAlways) ? ' OVERRIDING SYSTEM VALUE' : '';
+}
+
+/** The values of `statusUpsert`'s arguments after the peer: commit time, LSN, heartbeat, transactions, rows, origin time. */
+function statusParams(batch: Batch, stats: ApplyStats): unknown[] {
+  return [
+    usToTimestamp(batch.sourceTsUs),
+    formatLsn(batch.progress.lsn),
+    batch.heartbeatUs === undefined ? null : usToTimestamp(batch.heartbeatUs),
+    batch.txns,
+    stats.rows,
+    usToTimestamp(batch.progress.tsUs),
+  ];
+}
+
+/**
+ * The upsert of this peer's `tandem.replication_status` row that also sets up the replication origin's
+ * progress for the transaction (so both commit with the data). Arguments are SQL expressions.
+ */
+function statusUpsert(a: { peer: string; commitTs: string; lsn: string; heartbeat: string; txns: string; rows: string; originTs: string }): string {
+  return `INSERT INTO tandem.replication_status AS s (peer, source_commit_ts, source_lsn, applied_at, last_heartbeat_at, applied_txns, applied_rows)
+   SELECT ${a.peer}, ${a.commitTs}::timestamptz, ${a.lsn}::pg_lsn, clock_timestamp(), ${a.heartbeat}::timestamptz, ${a.txns}, ${a.rows}
+     FROM (SELECT pg_replication_origin_xact_setup(${a.lsn}::pg_lsn, ${a.originTs}::timestamptz)) AS origin
+   ON CONFLICT (peer) DO UPDATE SET
+     source_commit_ts = GREATEST(s.source_commit_ts, EXCLUDED.source_commit_ts),
+     source_lsn = EXCLUDED.source_lsn,
+     applied_at = EXCLUDED.applied_at,
+     last_heartbeat_at = COALESCE(GREATEST(s.last_heartbeat_at, EXCLUDED.last_heartbeat_at), s.last_heartbeat_at),
+     applied_txns = s.applied_txns + EXCLUDED.applied_txns,
+     applied_rows = s.applied_rows + EXCLUDED.applied_rows`;
 }
 
 /**
