@@ -31,6 +31,9 @@ test('failback drill: RTO and RPO within the lab bounds, nothing acknowledged lo
     assert.equal(report.results.rtoByGeo.south?.servedBefore, 'aws-south');
     assert.equal(report.results.rtoByGeo.south?.servedDuring, 'azure-west');
     assert.equal(report.results.rtoByGeo.west?.sec, 0, 'the western clients never noticed');
+    const home = report.results.trafficHomeSec;
+    assert.ok(home !== null && home !== undefined && home >= report.results.failbackSec!, `the southern clients came home after the failback (traffic home ${home} s)`);
+    assert.ok(report.markers.some((m) => m.name === 'traffic home'));
     assert.equal(report.passed, true);
     assert.equal(run.code, 0, run.stderr);
     const dir = path.dirname(readdirReport(lab.dir));
