@@ -513,6 +513,21 @@ describe('Applier', () => {
     assert.equal((await user.query('SELECT count(*)::int AS n FROM prio')).rows[0].n, 0);
   });
 
+  test('statements are built again from the new table definitions after a change of the target table', async () => {
+    await user.query(`CREATE TABLE widen (id int PRIMARY KEY, a int)`);
+    const W = parseTableName('public.widen');
+    const a = new Applier({ db, localRegion: 'b', peer: 'a', tables: new Set([...ALL, W].map(tableKey)), policyFor: () => ({ kind: 'lww' }), logger: silentLogger() });
+    await a.init();
+    await a.apply(batch([ins(await relation(W), ['1', '7'], V(nowUs()))]));
+    // Every region widens the column; the source's relation says bigint from now on.
+    await user.query(`ALTER TABLE widen ALTER COLUMN a TYPE bigint`);
+    await a.refreshTargets();
+    const st = await a.apply(batch([ins(await relation(W, 2), ['2', '5000000000'], V(nowUs()))]));
+    assert.equal(st.parked, 0, 'nothing parked: the statement casts to the new type');
+    assert.deepEqual((await user.query('SELECT id, a::text FROM widen ORDER BY id')).rows, [{ id: 1, a: '7' }, { id: 2, a: '5000000000' }]);
+    assert.deepEqual(a.paused, []);
+  });
+
   test('a big batch probes each key once, even when the version table statistics lag behind a bulk load', async () => {
     // auto_explain sends every plan of the applier's session back as a notice (JSON, with row counts).
     await user.query(`CREATE TABLE bulk (id int PRIMARY KEY, v text)`);

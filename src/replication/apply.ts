@@ -357,6 +357,8 @@ export class Applier {
     for (const p of this.#paused.keys()) if (!this.#o.tables.has(p)) names.push(parseKey(p));
     this.#targets = await describeTables(this.#o.db, names);
     this.#targetsLoadedAt = Date.now();
+    // The set-based statements spell out column names, casts and keys: build them again from the new definitions.
+    this.#sqlCache.clear();
   }
 
   /** Drift between a source relation and this region's table; [] when they match. Cached per Relation message. */
@@ -445,7 +447,8 @@ export class Applier {
         this.#failures.clear();
         return stats;
       } catch (err) {
-        await this.#o.db.query('ROLLBACK').catch(() => {});
+        // The one statement is a transaction of its own: nothing to roll back.
+        if (!oneStatement) await this.#o.db.query('ROLLBACK').catch(() => {});
         if (attempt >= this.#maxAttempts * 4) throw err;
         const state = sqlState(err);
         if (err instanceof RaceError || (state && RETRYABLE_SQLSTATES.has(state))) {
@@ -535,8 +538,7 @@ export class Applier {
   }
 
   async #applyChanges(changes: readonly Change[], stats: ApplyStats, batch: Batch | undefined): Promise<void> {
-    // Tables resumable now replay their parked backlog first, in this transaction, before newer changes.
-    // Truncates are barriers: apply what came before them first.
+    // Paused tables' changes are parked (same transaction); truncates are barriers: apply what came before them first.
     let segment: RowChange[] = [];
     const flush = async (last: boolean) => {
       if (segment.length === 0) return;
@@ -1147,9 +1149,18 @@ export class Applier {
     return j;
   }
 
+  #targetIds = new WeakMap<TargetTable, number>();
+  #nextTargetId = 0;
+  /** A number per table definition read (a new one after every `refreshTargets`), for the statement cache's keys. */
+  #targetId(t: TargetTable): number {
+    let id = this.#targetIds.get(t);
+    if (id === undefined) this.#targetIds.set(t, (id = this.#nextTargetId++));
+    return id;
+  }
+
   /** The statement of `#runSql` for these parts' shapes (cached: a pipeline sees few shapes). */
   #statementFor(parts: SqlPart[], status: boolean): string {
-    const cacheKey = `${status}\u0001${parts.map((p) => `${p.t.key}\u0000${p.t.oid}\u0000${p.sent.join(',')}\u0000${[...p.toast].join(',')}\u0000${p.priority !== null}`).join('\u0001')}`;
+    const cacheKey = `${status}\u0001${parts.map((p) => `${p.t.key}\u0000${this.#targetId(p.t)}\u0000${p.sent.join(',')}\u0000${[...p.toast].join(',')}\u0000${p.priority !== null}`).join('\u0001')}`;
     let sql = this.#sqlCache.get(cacheKey);
     if (sql !== undefined) return sql;
     const base = status ? 8 : 2;
