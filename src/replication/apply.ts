@@ -279,8 +279,6 @@ export class Applier {
   #statementNames = new Map<string, string>();
   /** A target transaction left open by `applyChunk` (a source transaction too large for one batch). */
   #open = false;
-  /** Set when a table statement of the current attempt also wrote the status and origin progress. */
-  #statusWritten = false;
   /** SQL text of the set-based statements, by table and shape. */
   #sqlCache = new Map<string, string>();
 
@@ -401,9 +399,8 @@ export class Applier {
       // The end of a chunked source transaction: no retry possible (earlier chunks are only in this transaction).
       const stats: ApplyStats = { rows: 0, parked: 0, replayed: 0, conflicts: {}, unapplicable: 0, attempts: 1 };
       try {
-        this.#statusWritten = false;
-        await this.#applyChanges(batch.changes, stats, batch);
-        if (!this.#statusWritten) await this.#writeStatus(batch, stats);
+        await this.#applyChanges(batch.changes, stats);
+        await this.#writeStatus(batch, stats);
         await this.#o.db.query('COMMIT');
         return stats;
       } catch (err) {
@@ -432,17 +429,13 @@ export class Applier {
           // The usual batch: every table decided inside PostgreSQL, data, versions, conflicts and progress
           // in ONE statement, which is its own transaction (one round trip per batch).
           oneStatement = true;
-          this.#statusWritten = false;
           await this.#runSql(parts, stats, batch);
-          if (!this.#statusWritten) throw new TandemError('TANDEM_ERR_INTERNAL', 'the apply statement did not record progress');
           this.#failures.clear();
           return stats;
         }
         await this.#o.db.query('BEGIN');
-        this.#statusWritten = false;
-        await this.#applyChanges(batch.changes, stats, batch);
-        // The last table's statement usually carried the status update and origin progress already.
-        if (!this.#statusWritten) await this.#writeStatus(batch, stats);
+        await this.#applyChanges(batch.changes, stats);
+        await this.#writeStatus(batch, stats);
         await this.#o.db.query('COMMIT');
         this.#failures.clear();
         return stats;
@@ -493,7 +486,7 @@ export class Applier {
         await this.#o.db.query('BEGIN');
         this.#open = true;
       }
-      await this.#applyChanges(changes, stats, undefined);
+      await this.#applyChanges(changes, stats);
       return stats;
     } catch (err) {
       await this.#o.db.query('ROLLBACK').catch(() => {});
@@ -537,10 +530,10 @@ export class Applier {
     return { name, text };
   }
 
-  async #applyChanges(changes: readonly Change[], stats: ApplyStats, batch: Batch | undefined): Promise<void> {
+  async #applyChanges(changes: readonly Change[], stats: ApplyStats): Promise<void> {
     // Paused tables' changes are parked (same transaction); truncates are barriers: apply what came before them first.
     let segment: RowChange[] = [];
-    const flush = async (last: boolean) => {
+    const flush = async () => {
       if (segment.length === 0) return;
       const byTable = new Map<string, RowChange[]>();
       for (const c of segment) {
@@ -549,26 +542,23 @@ export class Applier {
         list.push(c);
       }
       segment = [];
-      let n = 0;
       for (const [table, list] of byTable) {
-        n++;
         if (this.#paused.has(table) || list.some((c) => this.#isPaused(c.rel))) {
           await this.#park(table, list, stats);
         } else {
-          // The last statement of the batch may carry the status update (one round trip less).
-          await this.#applyTable(table, list, stats, last && n === byTable.size ? batch : undefined);
+          await this.#applyTable(table, list, stats);
         }
       }
     };
     for (const c of changes) {
       if (c.op === 'truncate') {
-        await flush(false);
+        await flush();
         await this.#truncate(c, stats);
       } else {
         segment.push(c);
       }
     }
-    await flush(true);
+    await flush();
   }
 
   async #truncate(c: TruncateChange, stats: ApplyStats): Promise<void> {
@@ -738,7 +728,7 @@ export class Applier {
         // Apply as if not paused (the paused flag is lifted for the duration of the replay).
         this.#paused.delete(table);
         try {
-          await this.#applyChanges(changes, stats, undefined);
+          await this.#applyChanges(changes, stats);
         } finally {
           if (!this.#paused.has(table)) this.#paused.set(table, p);
         }
@@ -765,7 +755,10 @@ export class Applier {
     }
   }
 
-  /** Build one key entry per key (squashed), in stream order of first appearance. */
+  /**
+   * Build one key entry per key (squashed), sorted by key: concurrent batches then lock rows in the same
+   * order (fewer deadlocks).
+   */
   #squash(t: TargetTable, list: RowChange[], policy: Policy): KeyEntry[] {
     const chains = new Map<string, Array<Omit<KeyEntry, 'stale'>>>();
     const order: string[] = [];
@@ -834,26 +827,24 @@ export class Applier {
       }
       out.push({ ...winner, op, stale: chain.slice(w + 1).map((e) => ({ op: e.op, version: e.version, lsn: e.lsn, ...(e.values ? { values: e.values } : {}) })) });
     }
-    return out;
+    return out.sort((a, b) => (a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : 0));
   }
 
-  async #applyTable(table: string, list: RowChange[], stats: ApplyStats, status: Batch | undefined): Promise<void> {
+  async #applyTable(table: string, list: RowChange[], stats: ApplyStats): Promise<void> {
     try {
-      await this.#applyTableInner(table, list, stats, status);
+      await this.#applyTableInner(table, list, stats);
     } catch (err) {
       if (err instanceof RaceError || (sqlState(err) && RETRYABLE_SQLSTATES.has(sqlState(err)!))) throw err;
       throw new TableApplyError(table, err);
     }
   }
 
-  async #applyTableInner(table: string, list: RowChange[], stats: ApplyStats, status: Batch | undefined): Promise<void> {
+  async #applyTableInner(table: string, list: RowChange[], stats: ApplyStats): Promise<void> {
     const t = this.#targets.get(table)!;
     const policy = this.#o.policyFor(table);
     const entries = this.#squash(t, list, policy);
-    // Lock order: keys sorted, so concurrent batches lock in the same order (fewer deadlocks).
-    entries.sort((a, b) => (a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : 0));
     if (this.#sqlEligible(policy, list, entries)) {
-      await this.#runSql([this.#sqlPart(t, table, policy, list[0]!.rel, entries)], stats, status);
+      await this.#runSql([this.#sqlPart(t, table, policy, list[0]!.rel, entries)], stats, undefined);
       return;
     }
     const db = this.#o.db;
@@ -1046,8 +1037,6 @@ export class Applier {
         const policy = this.#o.policyFor(table);
         const entries = this.#squash(t, list, policy);
         if (!this.#sqlEligible(policy, list, entries)) return undefined;
-        // Lock order: keys sorted, so concurrent batches lock in the same order (fewer deadlocks).
-        entries.sort((a, b) => (a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : 0));
         parts.push(this.#sqlPart(t, table, policy, list[0]!.rel, entries));
       }
     } catch {
@@ -1135,7 +1124,6 @@ export class Applier {
       const kinds = out[`kinds${n}`] as Record<string, number> | null;
       if (kinds) for (const [k, c] of Object.entries(kinds)) stats.conflicts[k as ConflictKind] = (stats.conflicts[k as ConflictKind] ?? 0) + c;
     });
-    if (status) this.#statusWritten = true;
   }
 
   #namesCache = new WeakMap<TargetTable, Map<string, string>>();

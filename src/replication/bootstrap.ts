@@ -38,11 +38,11 @@ import { sleep } from '../core/lifecycle.ts';
 import { silentLogger, type Logger } from '../core/log.ts';
 import { connectClient } from '../core/pg.ts';
 import { quoteIdent, quoteTable } from '../core/sql.ts';
-import { FIRST_NORMAL_OBJECT_ID, schemaDrift, type SourceRelation, type TargetTable } from './catalog.ts';
+import { asSourceRelation, schemaDrift, type TargetTable } from './catalog.ts';
 import { checkPrerequisites, formatProblems } from './prereq.ts';
 import { formatLsn, parseLsn } from './protocol.ts';
 import { CANONICAL_SETTINGS, PUBLICATION, originName, slotName, sqlLiteral } from './schema.ts';
-import { configuredTables, ensureOrigin, ensurePublication, installRegion, priorityTables, validateTables } from './setup.ts';
+import { configuredTables, connectAll, ensureOrigin, ensurePublication, installRegion, priorityTables, validateTables, type Conn } from './setup.ts';
 import { createLogicalSlot, createSlotWithSnapshot, dropSlot, readSlot, type SnapshotSlot } from './slot.ts';
 import { nextInClass, setupInterleavedSequences } from './sequences.ts';
 
@@ -126,11 +126,6 @@ const APP_SNAPSHOT = 'tandem-bootstrap-snapshot';
 /** Exported snapshot names are hex groups joined by dashes (e.g. 00000003-0000001B-1). */
 const SNAPSHOT_NAME = /^[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+$/;
 
-interface Conn {
-  region: string;
-  db: pg.Client;
-}
-
 /**
  * Bootstrap region `opts.region` into the live mesh of the other regions of
  * the config. Idempotent: a finished bootstrap is reported as such; an
@@ -158,7 +153,7 @@ export async function bootstrapRegion(opts: BootstrapOptions): Promise<Bootstrap
   if (tables.length === 0) throw new TandemError('TANDEM_ERR_CONFIG', 'replication.tables: nothing to bootstrap (no replicated tables)');
 
   const report: BootstrapReport = { region: n, source: s, alreadyDone: false, restarted: false, consistentPoint: '', startPoints: {}, tables: [], actions: [], elapsedMs: 0 };
-  const conns = await connectAll(config);
+  const conns = await connectAll(config, APP_ADMIN);
   const conn = (region: string) => conns.find((c) => c.region === region)!;
   const N = conn(n);
   const S = conn(s);
@@ -302,21 +297,6 @@ export async function bootstrapRegion(opts: BootstrapOptions): Promise<Bootstrap
   }
 }
 
-async function connectAll(config: Config): Promise<Conn[]> {
-  const out: Conn[] = [];
-  try {
-    for (const [i, r] of config.regions.entries()) {
-      const db = await connectClient(r.database, { applicationName: APP_ADMIN }, `regions[${i}].database (${r.name})`);
-      db.on('error', () => {});
-      out.push({ region: r.name, db });
-    }
-  } catch (err) {
-    await Promise.all(out.map((c) => c.db.end().catch(() => {})));
-    throw err;
-  }
-  return out;
-}
-
 /** An existing region must already replicate: tandem installed for that region, publication present. */
 async function assertReplicating(p: Conn, n: string): Promise<void> {
   const { rows } = await p.db.query<{ region: string | null; pub: boolean }>(
@@ -332,19 +312,6 @@ async function assertReplicating(p: Conn, n: string): Promise<void> {
     );
   }
   if (r.region !== p.region) throw new TandemError('TANDEM_ERR_STATE', `${p.region}: this database belongs to region "${r.region}"; check regions[].database in tandem.yaml`);
-}
-
-/** S's table as a Relation message would describe it, to judge N's table with the rule apply uses (`schemaDrift`). */
-function asSourceRelation(t: TargetTable): SourceRelation {
-  return {
-    relationId: t.oid,
-    schema: t.name.schema,
-    name: t.name.table,
-    replicaIdentity: 'd',
-    columns: t.columns.map((c) => ({ flags: c.keyPosition !== null ? 1 : 0, isKey: c.keyPosition !== null, name: c.name, typeOid: c.typeOid, typeMod: c.typeMod })),
-    userTypes: new Map(t.columns.filter((c) => c.typeOid >= FIRST_NORMAL_OBJECT_ID).map((c) => [c.typeOid, { schema: c.typeSchema, name: c.typeName }])),
-    key: t.key,
-  };
 }
 
 interface Marker {

@@ -231,6 +231,19 @@ export interface SourceRelation {
 /** OIDs below this are built into every PostgreSQL (FirstNormalObjectId) and mean the same type everywhere. */
 export const FIRST_NORMAL_OBJECT_ID = 16384;
 
+/** A table as a peer's Relation message would describe it (same definition): to judge another region's table with the rule apply uses (`schemaDrift`). */
+export function asSourceRelation(t: TargetTable, relationId = t.oid): SourceRelation {
+  return {
+    relationId,
+    schema: t.name.schema,
+    name: t.name.table,
+    replicaIdentity: 'd',
+    columns: t.columns.map((c) => ({ flags: c.keyPosition !== null ? 1 : 0, isKey: c.keyPosition !== null, name: c.name, typeOid: c.typeOid, typeMod: c.typeMod })),
+    userTypes: new Map(t.columns.filter((c) => c.typeOid >= FIRST_NORMAL_OBJECT_ID).map((c) => [c.typeOid, { schema: c.typeSchema, name: c.typeName }])),
+    key: t.key,
+  };
+}
+
 /**
  * Differences between a source relation and the target table that make apply
  * unsafe: a source column missing here, a different type or typmod, a

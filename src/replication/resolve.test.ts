@@ -19,7 +19,6 @@ const lww: Policy = { kind: 'lww' };
 const show = (x: unknown) => JSON.stringify(x, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v));
 const V = (tsUs: number, region: string): Version => ({ tsUs: BigInt(tsUs), region });
 
-
 describe('version order', () => {
   test('timestamps first, then region names bytewise', () => {
     assert.equal(compareVersions(V(1, 'z'), V(2, 'a')), -1);

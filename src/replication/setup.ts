@@ -170,16 +170,18 @@ export interface SetupOptions {
   checkOnly?: boolean;
 }
 
-interface Conn {
+/** A connection to one region's database. */
+export interface Conn {
   region: string;
   db: pg.Client;
 }
 
-async function connectAll(config: Config): Promise<Conn[]> {
+/** Connect to every region's database (all or none: on a failure the ones opened are closed). */
+export async function connectAll(config: Config, applicationName = 'tandem-setup'): Promise<Conn[]> {
   const out: Conn[] = [];
   try {
     for (const [i, r] of config.regions.entries()) {
-      const db = await connectClient(r.database, { applicationName: 'tandem-setup' }, `regions[${i}].database (${r.name})`);
+      const db = await connectClient(r.database, { applicationName }, `regions[${i}].database (${r.name})`);
       db.on('error', () => {});
       out.push({ region: r.name, db });
     }

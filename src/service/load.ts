@@ -197,7 +197,6 @@ export class CachingResolver {
   }
 }
 
-
 function isLoopback(address: string): boolean {
   return (isIP(address) === 4 && address.startsWith('127.')) || address === '::1';
 }
