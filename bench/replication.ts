@@ -677,7 +677,8 @@ function reportSaved(files: string[]): void {
     results.push(...saved.results);
   }
   const loads = results.map((r) => `run ${r.run}: ${r.loadBefore.map((l) => l.toFixed(2)).join(' ')} → ${r.loadAfter.map((l) => l.toFixed(2)).join(' ')}`);
-  process.stdout.write(`summary of ${results.length} saved runs (median, min–max in parentheses):\n${report(results).text}\n\n${report(results).markdown}\n\nload averages (1, 5, 15 min) before → after: ${loads.join('; ')}\n`);
+  const summary = report(results);
+  process.stdout.write(`summary of ${results.length} saved runs (median, min–max in parentheses):\n${summary.text}\n\n${summary.markdown}\n\nload averages (1, 5, 15 min) before → after: ${loads.join('; ')}\n`);
 }
 
 async function main(): Promise<void> {

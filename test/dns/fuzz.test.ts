@@ -17,7 +17,6 @@ import { prng as rng } from '../../src/core/random.ts';
 const seed = Number(process.env.TANDEM_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 console.log(`# fuzz seed ${seed} (rerun with TANDEM_FUZZ_SEED=${seed})`);
 
-
 const rand = rng(seed);
 const int = (n: number) => Math.floor(rand() * n);
 

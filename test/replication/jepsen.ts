@@ -28,7 +28,6 @@ import { callApi } from '../../src/core/http.ts';
 import type { ChildProcess } from 'node:child_process';
 import { prng as rng } from '../../src/core/random.ts';
 
-
 export interface ScenarioOptions {
   seed: number;
   /** How long clients write while the nemesis acts. */
