@@ -175,6 +175,8 @@ export function usToTimestamp(us: bigint): string {
 
 /** A key's identity inside one table's batch: PostgreSQL text cannot contain NUL, so NUL-joined texts are unambiguous. */
 const keyIdOf = (key: readonly string[]) => (key.length === 1 ? key[0]! : key.join('\u0000'));
+/** The `stale` of an entry that is its key's only change in the batch (never mutated). */
+const NO_STALE: KeyEntry['stale'] = [];
 
 /** An error that a retry of the whole batch fixes (a concurrent writer, a deadlock). */
 class RaceError extends Error {
@@ -760,55 +762,83 @@ export class Applier {
    * order (fewer deadlocks).
    */
   #squash(t: TargetTable, list: RowChange[], policy: Policy): KeyEntry[] {
-    const chains = new Map<string, Array<Omit<KeyEntry, 'stale'>>>();
-    const order: string[] = [];
+    // The hot path of apply: most keys change once per batch, so a key's first entry is kept as is and
+    // only keys changed again get a chain.
+    const first = new Map<string, KeyEntry>();
+    const chains = new Map<string, KeyEntry[]>();
     /** Latest known values per key in this batch (target column order), for unchanged TOAST. */
     const lastValues = new Map<string, Value[]>();
-    const push = (e: Omit<KeyEntry, 'stale'>) => {
-      let chain = chains.get(e.keyId);
-      if (!chain) {
-        chains.set(e.keyId, (chain = []));
-        order.push(e.keyId);
+    const push = (e: KeyEntry) => {
+      const f = first.get(e.keyId);
+      if (f === undefined) {
+        first.set(e.keyId, e);
+        return;
       }
+      let chain = chains.get(e.keyId);
+      if (!chain) chains.set(e.keyId, (chain = [f]));
       chain.push(e);
     };
+    const entry = (c: RowChange, key: string[], keyId: string, op: KeyEntry['op'], values: Value[] | undefined): KeyEntry => ({
+      key,
+      keyId,
+      op,
+      values,
+      version: c.version,
+      lsn: c.lsn,
+      fillFrom: undefined,
+      priorityKeys: c.priorityKeys,
+      stale: NO_STALE,
+    });
+    let rel: SourceRelation | undefined;
+    let map: number[] = [];
+    let keyAt: number[] = [];
     for (const c of list) {
-      const map = columnMap(c.rel, t);
-      const pk = c.priorityKeys ? { priorityKeys: c.priorityKeys } : {};
+      if (c.rel !== rel) {
+        rel = c.rel;
+        map = columnMap(rel, t);
+        keyAt = t.keyColumns.map((kc) => map[t.columns.indexOf(kc)]!);
+      }
       if (c.op === 'delete') {
-        const key = keyFrom(c.oldTuple, map, t, c);
-        push({ key, keyId: keyIdOf(key), op: 'delete', version: c.version, lsn: c.lsn, ...pk });
+        const key = keyFrom(c.oldTuple, keyAt, t, c);
+        push(entry(c, key, keyIdOf(key), 'delete', undefined));
         continue;
       }
-      const newKey = keyFrom(c.newTuple, map, t, c);
+      const newKey = keyFrom(c.newTuple, keyAt, t, c);
       const values = valuesFrom(c.newTuple!, map);
       const newId = keyIdOf(newKey);
       let oldKey: string[] | undefined;
+      let oldId = '';
       if (c.op === 'update' && c.oldTuple) {
-        const k = keyFrom(c.oldTuple, map, t, c);
-        if (keyIdOf(k) !== newId) oldKey = k;
+        const k = keyFrom(c.oldTuple, keyAt, t, c);
+        oldId = keyIdOf(k);
+        if (oldId !== newId) oldKey = k;
         // REPLICA IDENTITY FULL: the old tuple carries the full old row, TOASTed values included.
         if (c.oldKind === 'O') {
           const old = valuesFrom(c.oldTuple, map);
           for (let i = 0; i < values.length; i++) if (values[i] === UNCHANGED_TOAST && old[i] !== UNCHANGED_TOAST) values[i] = old[i]!;
         }
       }
-      const prev = lastValues.get(oldKey ? keyIdOf(oldKey) : newId);
-      if (prev) for (let i = 0; i < values.length; i++) if (values[i] === UNCHANGED_TOAST && prev[i] !== UNCHANGED_TOAST) values[i] = prev[i]!;
+      if (values.includes(UNCHANGED_TOAST)) {
+        const prev = lastValues.get(oldKey ? oldId : newId);
+        if (prev) for (let i = 0; i < values.length; i++) if (values[i] === UNCHANGED_TOAST && prev[i] !== UNCHANGED_TOAST) values[i] = prev[i]!;
+      }
       if (oldKey) {
-        const oldId = keyIdOf(oldKey);
-        push({ key: oldKey, keyId: oldId, op: 'delete', version: c.version, lsn: c.lsn, ...pk });
-        const e: Omit<KeyEntry, 'stale'> = { key: newKey, keyId: newId, op: 'insert', values, version: c.version, lsn: c.lsn, ...pk };
+        push(entry(c, oldKey, oldId, 'delete', undefined));
+        const e = entry(c, newKey, newId, 'insert', values);
         if (values.includes(UNCHANGED_TOAST)) e.fillFrom = oldKey;
         push(e);
       } else {
-        push({ key: newKey, keyId: newId, op: c.op, values, version: c.version, lsn: c.lsn, ...pk });
+        push(entry(c, newKey, newId, c.op, values));
       }
       lastValues.set(newId, values);
     }
     const out: KeyEntry[] = [];
-    for (const id of order) {
-      const chain = chains.get(id)!;
+    for (const [id, only] of first) {
+      const chain = chains.get(id);
+      if (!chain) {
+        out.push(only);
+        continue;
+      }
       const w = squashWinner(
         chain.map((e) => ({ version: e.version, item: e })),
         policy,
@@ -1031,7 +1061,13 @@ export class Applier {
     const parts: SqlPart[] = [];
     try {
       for (const [table, list] of byTable) {
-        if (this.#paused.has(table) || list.some((c) => this.#isPaused(c.rel))) return undefined;
+        if (this.#paused.has(table)) return undefined;
+        let rel: SourceRelation | undefined;
+        for (const c of list) {
+          if (c.rel === rel) continue;
+          rel = c.rel;
+          if (this.#isPaused(rel)) return undefined;
+        }
         const t = this.#targets.get(table);
         if (!t) return undefined;
         const policy = this.#o.policyFor(table);
@@ -1050,6 +1086,7 @@ export class Applier {
     const map = columnMap(rel, t);
     const sent: number[] = [];
     for (let j = 0; j < map.length; j++) if (map[j]! >= 0) sent.push(j);
+    const allSent = sent.length === map.length;
     // Columns with an unchanged TOAST value somewhere in this batch: their update keeps the stored value there.
     const toast = new Set<number>();
     const rows: unknown[] = new Array(entries.length);
@@ -1068,9 +1105,11 @@ export class Applier {
         lastLsn = e.lsn;
         lsnText = formatLsn(e.lsn);
       }
-      let vals: Array<string | null | 0> | null = null;
+      let vals: Array<string | null | 0> | Value[] | null = null;
       let complete = true;
-      if (e.values) {
+      if (e.values && allSent && !e.values.includes(UNCHANGED_TOAST)) {
+        vals = e.values; // every column, in order, all values known: as it is
+      } else if (e.values) {
         vals = new Array(sent.length);
         for (let p = 0; p < sent.length; p++) {
           const v = e.values[sent[p]!];
@@ -1564,27 +1603,36 @@ function columnMap(rel: SourceRelation, t: TargetTable): number[] {
 }
 
 function valuesFrom(tuple: TupleValue[], map: number[]): Value[] {
-  return map.map((i): Value => {
-    if (i < 0) return NOT_SENT;
+  const values: Value[] = new Array<Value>(map.length);
+  for (let j = 0; j < map.length; j++) {
+    const i = map[j]!;
+    if (i < 0) {
+      values[j] = NOT_SENT;
+      continue;
+    }
     const v = tuple[i];
     if (v === undefined) throw new TandemError('TANDEM_ERR_PROTOCOL', `tuple has ${tuple.length} columns, expected at least ${i + 1}`);
     if (Buffer.isBuffer(v)) throw new TandemError('TANDEM_ERR_PROTOCOL', 'binary tuple values are not expected (the stream runs in text mode)');
-    return v;
-  });
+    values[j] = v;
+  }
+  return values;
 }
 
-function keyFrom(tuple: TupleValue[] | undefined, map: number[], t: TargetTable, c: RowChange): string[] {
+/** The key's texts; `keyAt` holds the tuple position of each key column. */
+function keyFrom(tuple: TupleValue[] | undefined, keyAt: number[], t: TargetTable, c: RowChange): string[] {
   if (!tuple) throw new TandemError('TANDEM_ERR_PROTOCOL', `${t.key}: ${c.op} without the tuple that identifies the row`);
-  return t.keyColumns.map((kcol) => {
-    const v = tuple[map[t.columns.indexOf(kcol)]!];
+  const key: string[] = new Array<string>(keyAt.length);
+  for (let j = 0; j < keyAt.length; j++) {
+    const v = tuple[keyAt[j]!];
     if (typeof v !== 'string') {
       throw new TandemError(
         'TANDEM_ERR_REPLICATION',
-        `${t.key}: key column "${kcol.name}" of a ${c.op} has no value (${v === null ? 'null' : v === UNCHANGED_TOAST ? 'unchanged TOAST' : 'binary'})`,
+        `${t.key}: key column "${t.keyColumns[j]!.name}" of a ${c.op} has no value (${v === null ? 'null' : v === UNCHANGED_TOAST ? 'unchanged TOAST' : 'binary'})`,
       );
     }
-    return v;
-  });
+    key[j] = v;
+  }
+  return key;
 }
 
 function textRow(t: TargetTable, values: Value[]): Record<string, string | null> {

@@ -189,6 +189,12 @@ describe('pgoutput decoder: hand-built messages', () => {
     assert.equal(offset, all.length);
   });
 
+  test('text values keep multi-byte characters and a real U+FFFD', () => {
+    const values = ['plain', 'é€😀', 'replacement \uFFFD character', ''];
+    const m = decodePgOutput(cat(ch('I'), u32(7), ch('N'), i16(values.length), ...values.map(text)));
+    assert.deepEqual(m, { tag: 'insert', relationId: 7, newTuple: values });
+  });
+
   test('bogus counts and lengths raise TANDEM_ERR_PROTOCOL with the offset', () => {
     assertProtocolError(() => decodePgOutput(cat(ch('I'), u32(1), ch('N'), i16(32767), text('x'))), /column count 32767 exceeds .* at byte 6/);
     assertProtocolError(() => decodePgOutput(cat(ch('I'), u32(1), ch('N'), i16(-1))), /negative new tuple column count/);
@@ -203,6 +209,8 @@ describe('pgoutput decoder: hand-built messages', () => {
     assertProtocolError(() => decodePgOutput(cat(ch('O'), u64(1n), Buffer.from('no-nul'))), /unterminated origin name/);
     assertProtocolError(() => decodePgOutput(cat(ch('M'), u8(2), u64(1n), str('p'), i32(0))), /unknown flags 2/);
     assertProtocolError(() => decodePgOutput(cat(ch('O'), u64(1n), Buffer.from([0xc3, 0x28, 0]))), /not valid UTF-8/);
+    const bad = Buffer.from([0x61, 0xc3, 0x28]);
+    assertProtocolError(() => decodePgOutput(cat(ch('I'), u32(1), ch('N'), i16(2), text('ok'), ch('t'), i32(bad.length), bad)), /new tuple column 1 text value is not valid UTF-8 at byte 20/);
     assertProtocolError(() => decodePgOutput(cat(ch('U'), u32(1), ch('K'), i16(0), ch('K'), i16(0))), /expected 'N' before the new tuple/);
     assertProtocolError(() => decodePgOutput(cat(ch('D'), u32(1), ch('N'), i16(0))), /expected 'K' or 'O'/);
     assertProtocolError(() => decodePgOutput(Buffer.from('Z')), /unknown pgoutput message type 0x5a "Z" at byte 0/);

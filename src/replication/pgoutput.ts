@@ -154,35 +154,45 @@ class Reader {
     return this.text(start, end, what);
   }
 
-  text(start: number, end: number, what: string): string {
+  text(start: number, end: number, what: string | (() => string)): string {
+    // Buffer's own decoder is fast but replaces invalid bytes with U+FFFD: only text that contains one
+    // (rare) goes through the validating decoder, which tells a real U+FFFD from invalid input.
+    const s = this.buf.toString('utf8', start, end);
+    if (!s.includes('\uFFFD')) return s;
     try {
       return utf8.decode(this.buf.subarray(start, end));
     } catch {
-      return this.fail(`${what} is not valid UTF-8`, start);
+      return this.fail(`${typeof what === 'string' ? what : what()} is not valid UTF-8`, start);
     }
   }
 
-  /** A view of the next `n` bytes (no copy). */
+  /** A copy of the next `n` bytes (the buffer may be a view into a reused network buffer). */
   bytes(n: number, what: string): Buffer {
     if (n < 0) this.fail(`negative length ${n} of ${what}`, this.pos - 4);
     this.need(n, what);
-    const v = this.buf.subarray(this.pos, this.pos + n);
+    const v = Buffer.from(this.buf.subarray(this.pos, this.pos + n));
     this.pos += n;
     return v;
   }
 }
 
-/** TupleData: Int16 column count, then per column a kind byte and for 't'/'b' an Int32 length and the bytes. */
+/**
+ * TupleData: Int16 column count, then per column a kind byte and for 't'/'b' an Int32 length and the bytes.
+ * The hot path of replication: bounds are checked inline and error texts are built only on failure.
+ */
 function readTuple(r: Reader, what: string): TupleValue[] {
+  const buf = r.buf;
   const countAt = r.pos;
   const count = r.i16(`${what} column count`);
   if (count < 0) r.fail(`negative ${what} column count ${count}`, countAt);
   // Each column takes at least one byte: a count larger than what is left is bogus.
-  if (count > r.buf.length - r.pos) r.fail(`${what} column count ${count} exceeds the ${r.buf.length - r.pos} bytes left`, countAt);
+  if (count > buf.length - r.pos) r.fail(`${what} column count ${count} exceeds the ${buf.length - r.pos} bytes left`, countAt);
   const values: TupleValue[] = new Array<TupleValue>(count);
   for (let i = 0; i < count; i++) {
     const kindAt = r.pos;
-    const kind = r.u8(`${what} column ${i} kind`);
+    if (kindAt >= buf.length) r.need(1, `${what} column ${i} kind`);
+    const kind = buf[kindAt]!;
+    r.pos = kindAt + 1;
     switch (kind) {
       case TUPLE_DATA_KINDS.Null:
         values[i] = null;
@@ -191,10 +201,14 @@ function readTuple(r: Reader, what: string): TupleValue[] {
         values[i] = UNCHANGED_TOAST;
         break;
       case TUPLE_DATA_KINDS.Text: {
-        const len = r.i32(`${what} column ${i} length`);
-        const start = r.pos;
-        r.bytes(len, `${what} column ${i} text value`);
-        values[i] = r.text(start, r.pos, `${what} column ${i} text value`);
+        if (r.pos + 4 > buf.length) r.need(4, `${what} column ${i} length`);
+        const len = buf.readInt32BE(r.pos);
+        const start = r.pos + 4;
+        r.pos = start;
+        if (len < 0) r.fail(`negative length ${len} of ${what} column ${i} text value`, start - 4);
+        if (start + len > buf.length) r.need(len, `${what} column ${i} text value`);
+        r.pos = start + len;
+        values[i] = r.text(start, r.pos, () => `${what} column ${i} text value`);
         break;
       }
       case TUPLE_DATA_KINDS.Binary: {

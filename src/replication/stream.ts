@@ -322,8 +322,9 @@ export class ReplicationStream extends BaseService {
     let item: StreamItem;
     let message: CopyDataMessage;
     try {
-      // pg hands out a view into its parse buffer, which it reuses: copy before keeping anything.
-      message = decodeCopyData(Buffer.from(chunk));
+      // pg hands out a view into its parse buffer, which it reuses. The decoders keep no view of it (text
+      // becomes strings, bytes are copied), so the chunk is decoded in place.
+      message = decodeCopyData(chunk);
       if (message.kind === 'XLogData') {
         item = { lsn: message.walStart, walEnd: message.walEnd, sendTime: message.sendTime, message: decodePgOutput(message.data) };
       } else {
