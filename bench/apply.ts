@@ -14,6 +14,12 @@
  * draining a backlog). CPU is the backend's utime+stime from /proc and the
  * Node process's own (the agent's share: grouping, the statement's
  * parameters, the driver).
+ *
+ * A second part measures the agent's receiving side alone: a backlog of the
+ * same transactions in a slot, streamed and decoded by `ReplicationStream`
+ * and grouped into transactions, with nothing applied. Its anchor is the
+ * walsender's CPU for decoding the same WAL (pgoutput, in C, in the same
+ * run).
  */
 import { parseArgs } from 'node:util';
 import type pg from 'pg';
@@ -24,6 +30,10 @@ import { parseTableName, tableKey } from '../src/core/sql.ts';
 import { Applier, type Batch, type RowChange } from '../src/replication/apply.ts';
 import type { SourceRelation } from '../src/replication/catalog.ts';
 import { ensureOrigin, installRegion } from '../src/replication/setup.ts';
+import { pgConnection } from '../src/core/config/common.ts';
+import { createLogicalSlot } from '../src/replication/slot.ts';
+import { ReplicationStream } from '../src/replication/stream.ts';
+import { TEST_PG_PASSWORD } from '../test/helpers/pg.ts';
 import { cpuSeconds } from './lib/procstat.ts';
 import { fmt, median, table } from './lib/stats.ts';
 
@@ -33,17 +43,19 @@ const { values: argv } = parseArgs({
     seconds: { type: 'string', default: '3' },
     keys: { type: 'string', default: '20000' },
     batches: { type: 'string', default: '5,250' },
+    'stream-txns': { type: 'string', default: '30000' },
   },
 });
 const ROUNDS = Number(argv.rounds);
 const SECONDS = Number(argv.seconds);
 const KEYS = Number(argv.keys);
 const SIZES = argv.batches!.split(',').map(Number);
+const STREAM_TXNS = Number(argv['stream-txns']);
 if (SIZES.some((n) => !Number.isInteger(n) || n < 1)) {
   console.error(`bench:apply: --batches must list positive integers (transactions per batch), got ${JSON.stringify(argv.batches)}`);
   process.exit(2);
 }
-for (const [name, v] of [['--rounds', ROUNDS], ['--seconds', SECONDS], ['--keys', KEYS]] as const) {
+for (const [name, v] of [['--rounds', ROUNDS], ['--seconds', SECONDS], ['--keys', KEYS], ['--stream-txns', STREAM_TXNS]] as const) {
   if (!Number.isInteger(v) || v < 1) {
     console.error(`bench:apply: ${name} must be a positive integer, got ${JSON.stringify(String(v))}`);
     process.exit(2);
@@ -120,6 +132,55 @@ async function measure(backendPid: number, apply: (b: Batch) => Promise<unknown>
   return { rows, backendMs: (b1.user + b1.system - b0.user - b0.system) * 1000, nodeMs: (n1.user + n1.system) / 1000, wallMs };
 }
 
+/**
+ * Stream a backlog of `txns` transactions (1 INSERT + 0–2 UPDATEs each) from a fresh slot and decode it
+ * as the agent's reader does, applying nothing: Node's CPU against the walsender's.
+ */
+async function measureStream(admin: pg.Client, host: string, port: number, round: number, txns: number): Promise<{ rows: number; nodeMs: number; walsenderMs: number; wallMs: number }> {
+  const slot = `bench_stream_${round}`;
+  await createLogicalSlot(admin, slot);
+  await admin.query(`CALL bench_load($1)`, [txns]);
+  const end = BigInt((await admin.query(`SELECT (pg_current_wal_lsn() - '0/0')::text AS l`)).rows[0].l);
+  process.env.TANDEM_BENCH_APPLY_PW = TEST_PG_PASSWORD;
+  const stream = new ReplicationStream({
+    connection: pgConnection.parse({ host, port, user: 'postgres', database: 'tandem', password: { env: 'TANDEM_BENCH_APPLY_PW' } }),
+    slot,
+    publication: 'bench_pub',
+    startLsn: 0n,
+  });
+  const n0 = process.cpuUsage();
+  const t0 = performance.now();
+  await stream.start();
+  const walsender = Number((await admin.query(`SELECT pid FROM pg_stat_replication WHERE application_name = 'tandem-replication'`)).rows[0].pid);
+  const w0 = cpuSeconds(walsender)!;
+  let rows = 0;
+  let changes: unknown[] = [];
+  const it = stream.messages()[Symbol.asyncIterator]();
+  for (;;) {
+    const { value: item, done } = await it.next();
+    if (done) throw new Error('bench:apply: the stream ended before the end of the backlog');
+    if (item.keepalive) {
+      if (item.walEnd >= end) break;
+      continue;
+    }
+    const m = item.message;
+    if (m.tag === 'insert' || m.tag === 'update' || m.tag === 'delete') {
+      changes.push({ op: m.tag, tuple: m.tag === 'delete' ? m.oldTuple : m.newTuple, lsn: item.lsn });
+      rows++;
+    } else if (m.tag === 'commit') {
+      changes = [];
+      if (m.endLsn >= end) break;
+    }
+  }
+  // Before stopping: the walsender exits with the stream.
+  const w1 = cpuSeconds(walsender)!;
+  const wallMs = performance.now() - t0;
+  const n1 = process.cpuUsage(n0);
+  await stream.stop();
+  await admin.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
+  return { rows, nodeMs: (n1.user + n1.system) / 1000, walsenderMs: (w1.user + w1.system - w0.user - w0.system) * 1000, wallMs };
+}
+
 async function main(): Promise<void> {
   console.log(`bench:apply: ${ROUNDS} round(s) of ${SECONDS} s per case; ${KEYS.toLocaleString('en-US')} preloaded keys; starting PostgreSQL`);
   const cluster = await startCluster(1);
@@ -133,6 +194,20 @@ async function main(): Promise<void> {
     await admin.query(`CREATE TABLE ${tableKey(ITEMS)} ${COLUMNS}`);
     await admin.query(`CREATE TABLE ${tableKey(PLAIN)} ${COLUMNS}`);
     await installRegion(admin, { region: 'b', tables: [ITEMS] });
+    await admin.query(`CREATE TABLE public.items_src ${COLUMNS}`);
+    await admin.query(`CREATE PUBLICATION bench_pub FOR TABLE public.items_src`);
+    // The replication bench's transaction, committed one by one: a new row and 0–2 updates of existing ones.
+    await admin.query(`CREATE PROCEDURE bench_load(txns int) LANGUAGE plpgsql AS $$
+      DECLARE base bigint := COALESCE((SELECT max(id) FROM public.items_src), 0);
+      BEGIN
+        FOR i IN 1..txns LOOP
+          INSERT INTO public.items_src VALUES (base + i, 1, 2, 0, md5(i::text), now());
+          FOR u IN 1..(i % 3) LOOP
+            UPDATE public.items_src SET n = n + 1, payload = md5(random()::text), updated_at = now() WHERE id = 1 + ((base + i) * 7919 + u) % (base + i);
+          END LOOP;
+          COMMIT;
+        END LOOP;
+      END $$`);
     await ensureOrigin(admin, 'a');
     const applier = new Applier({ db, localRegion: 'b', peer: 'a', tables: new Set([tableKey(ITEMS)]), policyFor: () => ({ kind: 'lww' }), logger: silentLogger() });
     await applier.init();
@@ -167,6 +242,13 @@ async function main(): Promise<void> {
         }
       }
     }
+    const streamRuns: Array<{ rows: number; nodeMs: number; walsenderMs: number; wallMs: number }> = [];
+    for (let round = 1; round <= ROUNDS; round++) {
+      const m = await measureStream(admin, s.options.host, s.options.port, round, STREAM_TXNS);
+      streamRuns.push(m);
+      const per = (v: number) => fmt((v / m.rows) * 1000, 1);
+      console.log(`[round ${round}] stream and decode ${m.rows.toLocaleString('en-US')} rows: per 1,000 rows: node ${per(m.nodeMs)} ms, walsender ${per(m.walsenderMs)} ms, wall ${per(m.wallMs)} ms`);
+    }
     const rows: string[][] = [['per 1,000 rows (median of rounds)', 'tandem', 'plain upsert', 'tandem/plain']];
     for (const [label, r] of results) {
       for (const [what, f] of [
@@ -179,6 +261,9 @@ async function main(): Promise<void> {
         rows.push([`${label}: ${what}`, fmt(t, 1), fmt(p, 1), `${fmt(t / p, 2)}×`]);
       }
     }
+    const node = median(streamRuns.map((m) => (m.nodeMs / m.rows) * 1000));
+    const wal = median(streamRuns.map((m) => (m.walsenderMs / m.rows) * 1000));
+    rows.push([`stream + decode, ${STREAM_TXNS.toLocaleString('en-US')} tx backlog: CPU ms`, fmt(node, 1), `walsender ${fmt(wal, 1)}`, `${fmt(node / wal, 2)}×`]);
     console.log(`\n${table(rows)}`);
     await Promise.all([admin.end(), db.end(), plain.end()]);
   } finally {

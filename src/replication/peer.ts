@@ -507,7 +507,7 @@ export class PeerPipeline extends BaseService {
           txn.rows = 0;
           txn.spilled = true;
         }
-        await queue.room(maxRows * 2);
+        if (queue.rows >= maxRows * 2) await queue.room(maxRows * 2);
       }
       queue.close();
     })().catch((err: unknown) => {

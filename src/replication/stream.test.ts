@@ -192,6 +192,41 @@ describe('ReplicationStream against PostgreSQL 17', () => {
     assert.equal(await dropSlot(db, 'exact'), true);
   });
 
+  test('values far larger than a socket read, next to small ones, arrive whole and in order', async () => {
+    await createLogicalSlot(db, 'big');
+    // 3 MB and 200 kB values (many socket reads each) between small rows, in one transaction and alone.
+    const big = 'x'.repeat(3_000_000) + 'é';
+    const mid = '€'.repeat(70_000);
+    await db.query('BEGIN');
+    await db.query('INSERT INTO t (id, v) VALUES (101, $1), (102, $2), (103, $3)', ['small', big, mid]);
+    await db.query('COMMIT');
+    await db.query('INSERT INTO t (id, v) VALUES (104, $1)', [mid + 'end']);
+    const st = open({ slot: 'big', startLsn: 0n });
+    await st.start();
+    const it = st.messages()[Symbol.asyncIterator]();
+    const values: string[] = [];
+    let commits = 0;
+    while (commits < 2) {
+      const r = await it.next();
+      assert.equal(r.done, false);
+      if (r.value.keepalive) continue;
+      if (r.value.message.tag === 'insert') values.push(String(r.value.message.newTuple[1]));
+      if (r.value.message.tag === 'commit') commits++;
+    }
+    assert.deepEqual(
+      values.map((v) => [v.length, v.slice(-3)]),
+      [
+        [5, 'all'],
+        [big.length, 'xxé'],
+        [mid.length, '€€€'],
+        [mid.length + 3, 'end'],
+      ],
+    );
+    assert.equal(values[1], big);
+    await st.stop();
+    assert.equal(await dropSlot(db, 'big'), true);
+  });
+
   test('startup options make text output stable whatever the server defaults', async () => {
     await createLogicalSlot(db, 'styles');
     await db.query(`INSERT INTO t VALUES (100, 'styles', '2024-03-05 06:07:08.5+00', '1 day 2 hours', 0.1::float8 + 0.2::float8)`);

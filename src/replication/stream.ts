@@ -232,6 +232,7 @@ export class ReplicationStream extends BaseService {
         throw new TandemError('TANDEM_ERR_REPLICATION', `cannot open a replication connection to ${this.#what}: ${(cause as Error).message}`, { cause });
       }
       signal?.throwIfAborted();
+      this.#frameCopyData(copyBoth(client));
       const { rows } = await client.query<{ server_version_num: string }>('SHOW server_version_num');
       this.#serverVersion = Number(rows[0]!.server_version_num);
       const max = maxProtoVersion(this.#serverVersion);
@@ -315,7 +316,66 @@ export class ReplicationStream extends BaseService {
     }
   }
 
-  /** Decode one CopyData message; runs synchronously in pg's socket data handler. */
+  /**
+   * Read the socket's message frames ourselves (the connection is between messages once connected): a
+   * CopyData frame received while streaming is decoded where it lies in the socket's chunk, every other
+   * frame goes to pg's own parser, whole and in order. pg's parser would copy each chunk into its buffer
+   * and wrap each message in objects first, a large share of the agent's CPU per row. When the socket's
+   * listeners are not as expected, pg keeps the socket and its `copyData` events feed the stream.
+   */
+  #frameCopyData(conn: PgCopyBoth): void {
+    const socket = conn.stream as unknown as EventEmitter;
+    const listeners = socket.listeners('data') as Array<(chunk: Buffer) => void>;
+    if (listeners.length !== 1) return;
+    const pgParse = listeners[0]!;
+    socket.removeListener('data', pgParse);
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    let pendingNeed = 0;
+    socket.on('data', (data: Buffer) => {
+      let chunk = data;
+      if (pendingBytes > 0) {
+        pending.push(data);
+        pendingBytes += data.length;
+        if (pendingBytes < pendingNeed) return;
+        chunk = Buffer.concat(pending, pendingBytes);
+        pending = [];
+        pendingBytes = 0;
+      }
+      let off = 0;
+      let forwardFrom = -1;
+      while (off + 5 <= chunk.length) {
+        const length = chunk.readUInt32BE(off + 1);
+        if (length < 4) {
+          // Not a frame: let pg's parser report it.
+          if (forwardFrom < 0) forwardFrom = off;
+          off = chunk.length;
+          break;
+        }
+        const end = off + 1 + length;
+        if (end > chunk.length) break;
+        if (chunk[off] === 0x64 && this.#streaming && !this.#ended) {
+          if (forwardFrom >= 0) {
+            pgParse(chunk.subarray(forwardFrom, off));
+            forwardFrom = -1;
+          }
+          this.#onCopyData(chunk.subarray(off + 5, end));
+        } else if (forwardFrom < 0) {
+          forwardFrom = off;
+        }
+        off = end;
+      }
+      if (forwardFrom >= 0) pgParse(chunk.subarray(forwardFrom, off));
+      if (off < chunk.length) {
+        const rest = chunk.subarray(off);
+        pending = [rest];
+        pendingBytes = rest.length;
+        pendingNeed = rest.length >= 5 ? 1 + rest.readUInt32BE(1) : 5;
+      }
+    });
+  }
+
+  /** Decode one CopyData message (its payload); runs synchronously in the socket's data handler. */
   #onCopyData(chunk: Buffer): void {
     if (!this.#streaming || this.#ended) return;
     this.#lastReceiveAt = Date.now();
