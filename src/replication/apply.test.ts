@@ -513,6 +513,28 @@ describe('Applier', () => {
     assert.equal((await user.query('SELECT count(*)::int AS n FROM prio')).rows[0].n, 0);
   });
 
+  test("a newer version of a live row rewrites the row's version entry in place (HOT updates, no new index entries)", async () => {
+    const a = makeApplier();
+    await a.init();
+    const rel = await relation(T1);
+    const t0 = nowUs();
+    await a.apply(batch([ins(rel, ['900', 'v0', '0'], V(t0))]));
+    const counters = async () => {
+      await db.query('SELECT pg_stat_force_next_flush()');
+      await new Promise((r) => setTimeout(r, 50));
+      await user.query('SELECT pg_stat_clear_snapshot()');
+      const { rows } = await user.query(`SELECT n_tup_upd::int AS upd, n_tup_hot_upd::int AS hot FROM pg_stat_user_tables WHERE relid = 'tandem.row_versions'::regclass`);
+      return rows[0] as { upd: number; hot: number };
+    };
+    const before = await counters();
+    for (let i = 1; i <= 20; i++) await a.apply(batch([upd(rel, ['900', `v${i}`, String(i)], V(t0 + BigInt(i)))]));
+    let after = await counters();
+    for (let i = 0; i < 40 && after.upd - before.upd < 20; i++) after = await counters();
+    assert.equal(after.upd - before.upd, 20, 'one version update per applied change');
+    // Pruning makes room on the page; an update that finds none is not HOT, so allow a few.
+    assert.ok(after.hot - before.hot >= 15, `only ${after.hot - before.hot} of 20 version updates were HOT`);
+  });
+
   test('statements are built again from the new table definitions after a change of the target table', async () => {
     await user.query(`CREATE TABLE widen (id int PRIMARY KEY, a int)`);
     const W = parseTableName('public.widen');

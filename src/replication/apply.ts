@@ -1536,7 +1536,7 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
                             ELSE COALESCE(s.ects, pg_xact_commit_timestamp(xid(s.exid)), 'epoch'::timestamptz) END AS lts,
                   CASE s.lk WHEN 'a' THEN NULL WHEN 'l' THEN $1::text ELSE s.ereg END AS lreg,
                   (s.lk IN ('e', 't') AND s.eprio) AS lprio
-                  FROM (SELECT k.*, ${pkExpr} AS pk, t.xmin AS txmin, t.ctid AS tctid, e.xid AS exid, e.commit_ts AS ects, e.region AS ereg, e.priority AS eprio,
+                  FROM (SELECT k.*, ${pkExpr} AS pk, t.xmin AS txmin, t.ctid AS tctid, e.xid AS exid, e.ctid AS ectid, e.commit_ts AS ects, e.region AS ereg, e.priority AS eprio,
                           CASE WHEN t.xmin IS NOT NULL THEN CASE WHEN NOT e.deleted AND xid(e.xid) = t.xmin THEN 'e' ELSE 'l' END
                                WHEN e.deleted THEN 't' ELSE 'a' END AS lk
                           FROM ${k} k
@@ -1562,7 +1562,13 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
     `wi${n} AS (INSERT INTO ${t.quoted} (${sentCols.map(q).join(', ')})${overriding(sentCols)}
    SELECT ${sent.map((j, p) => `(d.v->>${p})::${cols[j]!.castType}`).join(', ')} FROM ${dec} d WHERE d.act = 'upsert' AND d.txmin IS NULL
    ON CONFLICT (${kc.map(q).join(', ')}) DO NOTHING RETURNING 1)`,
-    versionUpsert(`vx${n}`, `SELECT ${relP}, d.pk, d.rts, d.region, d.exid, d.act <> 'upsert', false FROM ${dec} d WHERE d.act <> 'skip'`),
+    // Version entries: one that exists is updated where it was read (its ctid, if it still has the xid the
+    // decision saw: a HOT update, no index work), a new one inserted unless a concurrent writer made it first.
+    `vu${n} AS (UPDATE tandem.row_versions e SET commit_ts = d.rts, region = d.region, xid = pg_current_xact_id(), deleted = d.act <> 'upsert', priority = false
+   FROM ${dec} d WHERE d.act <> 'skip' AND d.exid IS NOT NULL AND e.ctid = d.ectid AND e.xid = d.exid AND e.pk = d.pk RETURNING 1)`,
+    `vn${n} AS (INSERT INTO tandem.row_versions (relname, pk, commit_ts, region, xid, deleted, priority)
+   SELECT ${relP}, d.pk, d.rts, d.region, pg_current_xact_id(), d.act <> 'upsert', false FROM ${dec} d WHERE d.act <> 'skip' AND d.exid IS NULL
+   ON CONFLICT (relname, pk) DO NOTHING RETURNING 1)`,
     `wc${n} AS (INSERT INTO tandem.conflicts (peer, relname, pk, kind, local_commit_ts, local_region, remote_commit_ts, remote_region, local_row, remote_row, decision, reason, source_lsn)
    SELECT $2, ${relP}, d.pk, d.kind, d.lts, d.lreg, d.rts, d.region,
           CASE WHEN d.txmin IS NOT NULL THEN (SELECT to_jsonb(t.*) FROM ${t.quoted} t WHERE ${keyMatch('t')}) END,
@@ -1573,7 +1579,7 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
      FROM ${dec} d WHERE d.kind IS NOT NULL RETURNING 1)`,
   );
   const result = `SELECT (SELECT count(*) FROM wd${n})::int AS wd${n}, (SELECT count(*) FROM wu${n})::int AS wu${n}, (SELECT count(*) FROM wi${n})::int AS wi${n},
-         (SELECT count(*) FROM vx${n} WHERE ok)::int AS vx${n}, ${prioP} AS priority${n},
+         ((SELECT count(*) FROM vu${n}) + (SELECT count(*) FROM vn${n}))::int AS vx${n}, ${prioP} AS priority${n},
          count(*) FILTER (WHERE act = 'delete')::int AS xd${n},
          count(*) FILTER (WHERE act = 'upsert' AND txmin IS NOT NULL)::int AS xu${n},
          count(*) FILTER (WHERE act = 'upsert' AND txmin IS NULL)::int AS xi${n},
