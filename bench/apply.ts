@@ -21,7 +21,6 @@
  * walsender's CPU for decoding the same WAL (pgoutput, in C, in the same
  * run).
  */
-import { parseArgs } from 'node:util';
 import type pg from 'pg';
 import { client, startCluster } from '../test/helpers/pg.ts';
 import { sourceRelationOf } from '../test/helpers/relation.ts';
@@ -36,15 +35,14 @@ import { ReplicationStream } from '../src/replication/stream.ts';
 import { TEST_PG_PASSWORD } from '../test/helpers/pg.ts';
 import { cpuSeconds } from './lib/procstat.ts';
 import { fmt, median, table } from './lib/stats.ts';
+import { benchArgs } from './lib/args.ts';
 
-const { values: argv } = parseArgs({
-  options: {
-    rounds: { type: 'string', default: '3' },
-    seconds: { type: 'string', default: '3' },
-    keys: { type: 'string', default: '20000' },
-    batches: { type: 'string', default: '5,250' },
-    'stream-txns': { type: 'string', default: '30000' },
-  },
+const argv = benchArgs('bench:apply', {
+  rounds: { type: 'string', default: '3' },
+  seconds: { type: 'string', default: '3' },
+  keys: { type: 'string', default: '20000' },
+  batches: { type: 'string', default: '5,250' },
+  'stream-txns': { type: 'string', default: '30000' },
 });
 const ROUNDS = Number(argv.rounds);
 const SECONDS = Number(argv.seconds);

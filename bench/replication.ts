@@ -27,7 +27,6 @@
 import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import type pg from 'pg';
 import { sleep } from '../src/core/lifecycle.ts';
 import { MarkerPoller, MarkerWriter, markerLagsMs } from './lib/markers.ts';
@@ -35,32 +34,30 @@ import { KEYS, checkPgbench, runPgbench, writeScript, type PgbenchRun } from './
 import { cpuDelta, sampleCpu, type CpuSample, type PidGroups } from './lib/procstat.ts';
 import { distribution, fmt, markdownTable, median, ratio, table, type Distribution } from './lib/stats.ts';
 import { DATABASE, NativeSystem, PASSWORD, TandemSystem, preloadStatements, startBed, type Bed, type ReplicationSystem } from './lib/systems.ts';
+import { benchArgs } from './lib/args.ts';
 
 // ---------------------------------------------------------------- options
 
-const { values: argv } = parseArgs({
-  options: {
-    quick: { type: 'boolean', default: false },
-    runs: { type: 'string', default: '1' },
-    only: { type: 'string' },
-    json: { type: 'string' },
-    markdown: { type: 'boolean', default: false },
-    statements: { type: 'boolean', default: false },
-    profile: { type: 'string' },
-    'saturated-sec': { type: 'string' },
-    'fixed-sec': { type: 'string' },
-    'partition-sec': { type: 'string' },
-    rate: { type: 'string', default: '1000' },
-    clients: { type: 'string', default: '8' },
-    'shared-pct': { type: 'string', default: '3' },
-    'latency-ms': { type: 'string', default: '15' },
-    phases: { type: 'string', default: 'saturated,fixed,partition' },
-    logs: { type: 'string' },
-    report: { type: 'string', multiple: true },
-    'pg-setting': { type: 'string', multiple: true },
-    help: { type: 'boolean', default: false },
-  },
-  strict: true,
+const argv = benchArgs('bench:replication', {
+  quick: { type: 'boolean', default: false },
+  runs: { type: 'string', default: '1' },
+  only: { type: 'string' },
+  json: { type: 'string' },
+  markdown: { type: 'boolean', default: false },
+  statements: { type: 'boolean', default: false },
+  profile: { type: 'string' },
+  'saturated-sec': { type: 'string' },
+  'fixed-sec': { type: 'string' },
+  'partition-sec': { type: 'string' },
+  rate: { type: 'string', default: '1000' },
+  clients: { type: 'string', default: '8' },
+  'shared-pct': { type: 'string', default: '3' },
+  'latency-ms': { type: 'string', default: '15' },
+  phases: { type: 'string', default: 'saturated,fixed,partition' },
+  logs: { type: 'string' },
+  report: { type: 'string', multiple: true },
+  'pg-setting': { type: 'string', multiple: true },
+  help: { type: 'boolean', default: false },
 });
 
 if (argv.help) {
