@@ -311,6 +311,7 @@ export class PeerPipeline extends BaseService {
     let delay = backoff.minMs;
     while (!signal.aborted) {
       this.#state = 'connecting';
+      const attemptAt = Date.now();
       let db: pg.Client | undefined;
       let stream: ReplicationStream | undefined;
       let healthy = false;
@@ -362,8 +363,11 @@ export class PeerPipeline extends BaseService {
       this.#reconnects++;
       this.#o.metrics?.reconnect(this.#o.peer);
       this.#state = 'backoff';
-      this.#doing(`waiting ${Math.round(delay)} ms before reconnecting`);
-      await sleep(delay * (0.75 + Math.random() * 0.5), signal).catch(() => {});
+      // Attempts start at most every `delay`: one that already took that long (a connect that timed out
+      // on a black-holed path) is followed at once, so a healed network is found within one attempt.
+      const wait = delay * (0.75 + Math.random() * 0.5) - (Date.now() - attemptAt);
+      this.#doing(`waiting ${Math.round(Math.max(0, wait))} ms before reconnecting`);
+      if (wait > 0) await sleep(wait, signal).catch(() => {});
       delay = Math.min(backoff.maxMs, delay * 2);
     }
     this.#state = 'stopped';
