@@ -82,11 +82,16 @@ function transaction(rel: SourceRelation, updates = Math.floor(Math.random() * 3
   return out;
 }
 
+/** A batch of these changes, its progress that of the last one. */
+function asBatch(changes: RowChange[], txns: number): Batch {
+  const last = changes[changes.length - 1]!;
+  return { changes, txns, progress: { lsn: last.lsn, tsUs: last.version.tsUs }, sourceTsUs: last.version.tsUs };
+}
+
 function batchOf(rel: SourceRelation, txns: number): Batch {
   const changes: RowChange[] = [];
   for (let i = 0; i < txns; i++) changes.push(...transaction(rel));
-  const last = changes[changes.length - 1]!;
-  return { changes, txns, progress: { lsn: last.lsn, tsUs: last.version.tsUs }, sourceTsUs: last.version.tsUs };
+  return asBatch(changes, txns);
 }
 
 /** The anchor: the batch's last value per key, written in one upsert statement. */
@@ -214,8 +219,7 @@ async function main(): Promise<void> {
     while (nextId <= KEYS) {
       const changes: RowChange[] = [];
       for (let i = 0; i < 500 && nextId <= KEYS; i++) changes.push(...transaction(rel, 0));
-      const last = changes[changes.length - 1]!;
-      await applier.apply({ changes, txns: changes.length, progress: { lsn: last.lsn, tsUs: last.version.tsUs }, sourceTsUs: last.version.tsUs });
+      await applier.apply(asBatch(changes, changes.length));
     }
     await admin.query(`INSERT INTO ${tableKey(PLAIN)} SELECT * FROM ${tableKey(ITEMS)}`);
     for (const t of [tableKey(ITEMS), tableKey(PLAIN), 'tandem.row_versions']) await admin.query(`VACUUM ANALYZE ${t}`);

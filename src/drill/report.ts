@@ -108,10 +108,10 @@ export function timelineSvg(r: DrillReport, width = 1000): string {
   const laneH = 70;
   const top = 30;
   const yEnd = top + geos.length * (laneH + 20) - 10;
-  const labels = layoutLabels(r.markers.map((m) => ({ at: m.at, text: `${m.name} (+${m.offsetSec.toFixed(1)} s)` })), (t) => left + ((t - t0) / (t1 - t0)) * (width - left - right), width);
+  const x = (t: number) => left + ((t - t0) / (t1 - t0)) * (width - left - right);
+  const labels = layoutLabels(r.markers.map((m) => ({ at: m.at, text: `${m.name} (+${m.offsetSec.toFixed(1)} s)` })), x, width);
   const rowsOfLabels = labels.reduce((n, l) => Math.max(n, l.row + 1), 0);
   const height = yEnd + 8 + rowsOfLabels * 11 + 8;
-  const x = (t: number) => left + ((t - t0) / (t1 - t0)) * (width - left - right);
   const color = Object.fromEntries(r.regions.map((name, i) => [name, PALETTE[i % PALETTE.length]!]));
   const parts: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${width} ${height}" width="100%" font-family="system-ui,sans-serif" font-size="11">`];
   geos.forEach((g, i) => {

@@ -382,6 +382,18 @@ export class Applier {
     return true;
   }
 
+  /** Whether a table's changes are parked: it is paused, or one of their relations drifted (which pauses it). */
+  #parks(table: string, list: readonly RowChange[]): boolean {
+    if (this.#paused.has(table)) return true;
+    let rel: SourceRelation | undefined;
+    for (const c of list) {
+      if (c.rel === rel) continue; // a batch's changes share few relations: check each once
+      rel = c.rel;
+      if (this.#isPaused(rel)) return true;
+    }
+    return false;
+  }
+
   #pause(table: string, reason: string, kind: PausedTable['kind']): void {
     const p: PausedTable = { table, reason, kind, since: new Date(), parked: 0 };
     this.#paused.set(table, p);
@@ -545,7 +557,7 @@ export class Applier {
       }
       segment = [];
       for (const [table, list] of byTable) {
-        if (this.#paused.has(table) || list.some((c) => this.#isPaused(c.rel))) {
+        if (this.#parks(table, list)) {
           await this.#park(table, list, stats);
         } else {
           await this.#applyTable(table, list, stats);
@@ -1061,13 +1073,7 @@ export class Applier {
     const parts: SqlPart[] = [];
     try {
       for (const [table, list] of byTable) {
-        if (this.#paused.has(table)) return undefined;
-        let rel: SourceRelation | undefined;
-        for (const c of list) {
-          if (c.rel === rel) continue;
-          rel = c.rel;
-          if (this.#isPaused(rel)) return undefined;
-        }
+        if (this.#parks(table, list)) return undefined;
         const t = this.#targets.get(table);
         if (!t) return undefined;
         const policy = this.#o.policyFor(table);
@@ -1176,18 +1182,9 @@ export class Applier {
     return j;
   }
 
-  #targetIds = new WeakMap<TargetTable, number>();
-  #nextTargetId = 0;
-  /** A number per table definition read (a new one after every `refreshTargets`), for the statement cache's keys. */
-  #targetId(t: TargetTable): number {
-    let id = this.#targetIds.get(t);
-    if (id === undefined) this.#targetIds.set(t, (id = this.#nextTargetId++));
-    return id;
-  }
-
   /** The statement of `#runSql` for these parts' shapes (cached: a pipeline sees few shapes). */
   #statementFor(parts: SqlPart[], status: boolean): string {
-    const cacheKey = `${status}\u0001${parts.map((p) => `${p.t.key}\u0000${this.#targetId(p.t)}\u0000${p.sent.join(',')}\u0000${[...p.toast].join(',')}\u0000${p.priority !== null}`).join('\u0001')}`;
+    const cacheKey = `${status}\u0001${parts.map((p) => `${p.t.key}\u0000${p.sent.join(',')}\u0000${[...p.toast].join(',')}\u0000${p.priority !== null}`).join('\u0001')}`;
     let sql = this.#sqlCache.get(cacheKey);
     if (sql !== undefined) return sql;
     const base = status ? 8 : 2;
