@@ -288,6 +288,32 @@ describe('Applier', () => {
       assert.ok((await conflicts('insert_exists')).some((r) => (r.pk as string[])[0] === String(id) && r.decision === 'skip'));
     });
 
+    test(`a concurrent local tombstone of a key the batch inserts is detected (version entry, ${path})`, async () => {
+      const id = sqlDecisions ? 64 : 65;
+      let injected = false;
+      const a = makeApplier({
+        sqlDecisions,
+        beforeWrite: async (table, attempt) => {
+          if (table === tableKey(T1) && attempt === 1 && !injected) {
+            injected = true;
+            // Inserted and deleted in one local transaction: no row, but a tombstone entry, committed while apply waits on it.
+            await racer.query('BEGIN');
+            await racer.query(`INSERT INTO items VALUES ($1, 'short-lived', 1)`, [id]);
+            await racer.query(`DELETE FROM items WHERE id = $1`, [id]);
+            setTimeout(() => void racer.query('COMMIT').catch(() => {}), 150);
+          }
+        },
+      });
+      await a.init();
+      const rel = await relation(T1);
+      // The remote insert is older than the local delete: the delete wins, the row stays absent.
+      const st = await a.apply(batch([ins(rel, [String(id), 'remote', '2'], V(nowUs() - 1_000_000n))]));
+      assert.ok(injected);
+      assert.equal(st.attempts, 2, 'the first attempt failed on the entry the racer made first, and retried');
+      assert.deepEqual((await user.query('SELECT name FROM items WHERE id = $1', [id])).rows, []);
+      assert.equal((await entry(T1, [String(id)]))?.deleted, true);
+    });
+
     for (const race of ['UPDATE', 'DELETE'] as const) {
       test(`a concurrent local ${race} of a row during the apply is detected (xmin guard, ${path})`, async () => {
         const id = (race === 'UPDATE' ? 61 : 62) + (sqlDecisions ? 0 : 10);
@@ -314,6 +340,19 @@ describe('Applier', () => {
       });
     }
   }
+
+  test('two key texts of one primary key value in a batch are an internal error, and nothing is written', async () => {
+    const a = makeApplier();
+    await a.init();
+    const rel = await relation(T1);
+    // '66' and '066' are different texts (squash keeps both) but one int: the types would have to differ between regions.
+    await assert.rejects(
+      a.apply(batch([ins(rel, ['66', 'one', '1'], V(nowUs())), ins(rel, ['066', 'two', '1'], V(nowUs()))])),
+      (err: Error & { code?: string }) => err.code === 'TANDEM_ERR_INTERNAL' && /same primary key in "public"."items": 1$/.test(err.message),
+    );
+    assert.deepEqual((await user.query('SELECT * FROM items WHERE id = 66')).rows, []);
+    assert.equal(await entry(T1, ['66']), undefined);
+  });
 
   test('GENERATED ALWAYS identity columns take the source value, in both apply paths', async () => {
     const rel = await relation(IDS);

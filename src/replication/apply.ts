@@ -1140,8 +1140,8 @@ export class Applier {
    * only where the incoming version wins: data conditioned on the xmin it read, version entries on the
    * entry's xid, conflict records with both rows. With `status` it also records the batch's progress
    * (`replication_status`, replication origin). A concurrent writer that got in between makes a count
-   * differ, and the statement then fails (so nothing of it stays, also outside a transaction block): the
-   * caller retries the batch.
+   * differ, or an insert of a key it made first violate the key's uniqueness, and the statement then fails
+   * (so nothing of it stays, also outside a transaction block): the caller retries the batch.
    */
   async #runSql(parts: SqlPart[], stats: ApplyStats, status: Batch | undefined): Promise<void> {
     const params: unknown[] = [this.#o.localRegion, this.#o.peer];
@@ -1153,12 +1153,16 @@ export class Applier {
     try {
       out = (await this.#o.db.query<Record<string, unknown>>(this.#named(sql), params)).rows[0]!;
     } catch (err) {
-      const message = (err as Error).message ?? '';
-      if ((err as { code?: string }).code === '22P02' && message.includes(RACE_MARK)) {
-        throw new RaceError(`${message.slice(message.indexOf(RACE_MARK))}; retrying the batch`);
-      }
-      if ((err as { code?: string }).code === '22P02' && message.includes(DUP_MARK)) {
-        throw new TandemError('TANDEM_ERR_INTERNAL', message.slice(message.indexOf(DUP_MARK)), { cause: err });
+      const e = err as { code?: string; message?: string; schema?: string; table?: string; constraint?: string };
+      const message = e.message ?? '';
+      const marked = (mark: string) => message.slice(message.indexOf(mark)).replace(/"$/, '');
+      if (e.code === '22P02' && message.includes(RACE_MARK)) throw new RaceError(`${marked(RACE_MARK)}; retrying the batch`);
+      if (e.code === '22P02' && message.includes(DUP_MARK)) throw new TandemError('TANDEM_ERR_INTERNAL', marked(DUP_MARK), { cause: err });
+      if (e.code === '23505') {
+        // A key inserted by a concurrent writer after the statement's snapshot: a race, not an error of the table
+        // (a violation of another unique index is one, and goes to the per-table form, which names the table).
+        const race = e.schema === 'tandem' ? e.table === 'row_versions' : parts.find((p) => p.t.name.schema === e.schema && p.t.name.table === e.table && p.t.keyIndex === e.constraint);
+        if (race) throw new RaceError(`${e.schema}.${e.table}: a concurrent writer inserted a key of this batch first (${e.constraint}); retrying the batch`);
       }
       throw err;
     }
@@ -1191,14 +1195,12 @@ export class Applier {
     const ctes: string[] = [];
     const results: string[] = [];
     const oks: string[] = [];
-    const dups: string[] = [];
     const written: string[] = [];
     parts.forEach((part, n) => {
       const g = tableCtes(part, n, base + 4 * n);
       ctes.push(...g.ctes);
       results.push(g.result);
       oks.push(g.ok);
-      dups.push(`p${n}.dup${n} = 0`);
       written.push(`(SELECT count(*) FROM wd${n}) + (SELECT count(*) FROM wu${n}) + (SELECT count(*) FROM wi${n})`);
     });
     if (status) {
@@ -1209,8 +1211,7 @@ export class Applier {
     const fail = (mark: string, detail: string) => `(${sqlLiteral(`${mark} `)} || ${detail})::int`;
     sql = `WITH ${ctes.join(',\n')}
 SELECT ${results.map((_, n) => `p${n}.*`).join(', ')},
-       CASE WHEN NOT (${dups.join(' AND ')}) THEN ${fail(DUP_MARK, `${sqlLiteral('in ')} || ${parts.map((p, n) => `CASE WHEN p${n}.dup${n} > 0 THEN ${sqlLiteral(p.table + ' ')} ELSE '' END`).join(' || ')}`)}
-            WHEN NOT (${oks.join(' AND ')}) THEN ${fail(RACE_MARK, `${parts.map((p, n) => `CASE WHEN NOT (${oks[n]}) THEN ${sqlLiteral(p.table + ' ')} ELSE '' END`).join(' || ')}`)}
+       CASE WHEN NOT (${oks.join(' AND ')}) THEN ${fail(RACE_MARK, `${parts.map((p, n) => `CASE WHEN NOT (${oks[n]}) THEN ${sqlLiteral(p.table + ' ')} ELSE '' END`).join(' || ')}`)}
             ELSE 0 END AS checked
   FROM ${results.map((r, n) => `(${r}) p${n}`).join(', ')}`;
     if (this.#sqlCache.size > 500) this.#sqlCache.clear();
@@ -1540,6 +1541,10 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
                           LEFT JOIN ${t.quoted} t ON ${kc.map((c, j) => `t.${q(c)} = k.k${j}`).join(' AND ')}
                           LEFT JOIN tandem.row_versions e ON e.relname = ${relP} AND e.pk = ${pkExpr}) s) l) w
 )`);
+  // Two keys of the batch with different texts but one primary key value (the types differ between regions)
+  // would make the writes below ambiguous: checked once, before the first insert (the inserts' InitPlan).
+  ctes.push(`g${n} AS (SELECT CASE WHEN count(*) = count(DISTINCT pk) THEN true
+     ELSE (${sqlLiteral(`${DUP_MARK} in ${part.table}: `)} || (count(*) - count(DISTINCT pk))::text)::int = 0 END AS ok FROM ${dec})`);
   const pos = new Map(sent.map((j, p) => [j, p]));
   const keyIdx = new Set(kc.map((c) => cols.indexOf(c)));
   const sets: string[] = [];
@@ -1557,15 +1562,17 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
     `wd${n} AS (DELETE FROM ${t.quoted} t USING ${dec} d WHERE d.act = 'delete' AND t.ctid = d.tctid AND t.xmin = d.txmin AND ${keyMatch('t')} RETURNING 1)`,
     `wu${n} AS (UPDATE ${t.quoted} t SET ${sets.join(', ')} FROM ${dec} d WHERE d.act = 'upsert' AND d.txmin IS NOT NULL AND t.ctid = d.tctid AND t.xmin = d.txmin AND ${keyMatch('t')} RETURNING 1)`,
     `wi${n} AS (INSERT INTO ${t.quoted} (${sentCols.map(q).join(', ')})${overriding(sentCols)}
-   SELECT ${sent.map((j, p) => `(d.v->>${p})::${cols[j]!.castType}`).join(', ')} FROM ${dec} d WHERE d.act = 'upsert' AND d.txmin IS NULL
-   ON CONFLICT (${kc.map(q).join(', ')}) DO NOTHING RETURNING 1)`,
+   SELECT ${sent.map((j, p) => `(d.v->>${p})::${cols[j]!.castType}`).join(', ')} FROM ${dec} d WHERE d.act = 'upsert' AND d.txmin IS NULL AND (SELECT ok FROM g${n})
+   RETURNING 1)`,
     // Version entries: one that exists is updated where it was read (its ctid, if it still has the xid the
-    // decision saw: a HOT update, no index work), a new one inserted unless a concurrent writer made it first.
+    // decision saw: a HOT update, no index work), a new one inserted. New rows and entries are plain INSERTs,
+    // without ON CONFLICT (which costs a second index probe per row): a concurrent writer that made the same
+    // key first makes them fail with a unique violation, which `#runSql` turns into a retry of the batch.
     `vu${n} AS (UPDATE tandem.row_versions e SET commit_ts = d.rts, region = d.region, xid = pg_current_xact_id(), deleted = d.act <> 'upsert', priority = false
    FROM ${dec} d WHERE d.act <> 'skip' AND d.exid IS NOT NULL AND e.ctid = d.ectid AND e.xid = d.exid AND e.pk = d.pk RETURNING 1)`,
     `vn${n} AS (INSERT INTO tandem.row_versions (relname, pk, commit_ts, region, xid, deleted, priority)
-   SELECT ${relP}, d.pk, d.rts, d.region, pg_current_xact_id(), d.act <> 'upsert', false FROM ${dec} d WHERE d.act <> 'skip' AND d.exid IS NULL
-   ON CONFLICT (relname, pk) DO NOTHING RETURNING 1)`,
+   SELECT ${relP}, d.pk, d.rts, d.region, pg_current_xact_id(), d.act <> 'upsert', false FROM ${dec} d WHERE d.act <> 'skip' AND d.exid IS NULL AND (SELECT ok FROM g${n})
+   RETURNING 1)`,
     `wc${n} AS (INSERT INTO tandem.conflicts (peer, relname, pk, kind, local_commit_ts, local_region, remote_commit_ts, remote_region, local_row, remote_row, decision, reason, source_lsn)
    SELECT $2, ${relP}, d.pk, d.kind, d.lts, d.lreg, d.rts, d.region,
           CASE WHEN d.txmin IS NOT NULL THEN (SELECT to_jsonb(t.*) FROM ${t.quoted} t WHERE ${keyMatch('t')}) END,
@@ -1582,7 +1589,7 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
          count(*) FILTER (WHERE act = 'upsert' AND txmin IS NULL)::int AS xi${n},
          count(*) FILTER (WHERE act <> 'skip')::int AS xvx${n},
          count(*) FILTER (WHERE reason = ${incomplete})::int AS unapplicable${n},
-         (count(*) - count(DISTINCT pk))::int AS dup${n},
+         (SELECT ok FROM g${n}) AS distinct${n},
          (SELECT jsonb_object_agg(z.kind, z.c) FROM (SELECT kind, count(*)::int AS c FROM ${dec} WHERE kind IS NOT NULL GROUP BY kind) z) AS kinds${n}
     FROM ${dec}`;
   const pairs = [['wd', 'xd'], ['wu', 'xu'], ['wi', 'xi'], ['vx', 'xvx']] as const;

@@ -50,6 +50,8 @@ export interface TargetTable {
   allColumns: TargetColumn[];
   /** Primary key columns in key order (empty: no primary key). */
   keyColumns: TargetColumn[];
+  /** Name of the primary key's index (what a unique violation of the key names), or null. */
+  keyIndex: string | null;
 }
 
 interface DescribeRow {
@@ -58,6 +60,7 @@ interface DescribeRow {
   oid: string | null;
   relkind: string | null;
   relreplident: string | null;
+  keyindex: string | null;
   columns: Array<Omit<TargetColumn, 'keyPosition'> & { keyPosition: number | null }> | null;
 }
 
@@ -67,6 +70,7 @@ export async function describeTables(db: Queryable, names: readonly TableName[])
   if (names.length === 0) return out;
   const { rows } = await db.query<DescribeRow>(
     `SELECT q.s, q.r, c.oid::int8::text AS oid, c.relkind::text AS relkind, c.relreplident::text AS relreplident,
+       (SELECT i.relname::text FROM pg_class i WHERE i.oid = pk.indexrelid) AS keyindex,
        (SELECT json_agg(json_build_object(
            'name', a.attname, 'attnum', a.attnum, 'typeOid', a.atttypid::int8, 'typeMod', a.atttypmod,
            -- Without a typmod, "character" and "bit" mean char(1) and bit(1): cast to the unbounded forms instead.
@@ -109,6 +113,7 @@ export async function describeTables(db: Queryable, names: readonly TableName[])
       columns: all.filter((c) => !c.generated),
       allColumns: all,
       keyColumns,
+      keyIndex: row.keyindex,
     });
   }
   return out;
