@@ -2,7 +2,9 @@
  * The replication agent of one region (`tandem replicate run --region T`):
  * one `PeerPipeline` per peer (their slot `tandem_<t>` → this database), a
  * heartbeat emitter (`pg_logical_emit_message` every heartbeatIntervalMs, so
- * lag is measured even when idle), tombstone expiry, lag alerts in the log,
+ * lag is measured even when idle, with a running-transactions snapshot in the
+ * WAL at least every second, so peers' slots restart close to where they
+ * stopped), tombstone expiry, lag alerts in the log,
  * Prometheus metrics and the status API (`GET /v1/status`, `GET /metrics`).
  *
  * A peer's failure never stops the others: each pipeline reconnects on its
@@ -376,6 +378,12 @@ export class ReplicationAgent extends BaseService {
     const interval = this.#o.config.replication.heartbeatIntervalMs;
     let db: pg.Client | undefined;
     let emit = '';
+    // A slot restarts decoding at the last running-transactions snapshot in the WAL before its confirmed
+    // position; PostgreSQL logs one every 15 s (and at checkpoints), so a peer reconnecting after a partition
+    // would decode up to 15 s of this region's WAL again (~1.5 s at 1,000 tx/s) before its first new change.
+    // Logging one every second keeps that short. Needs PostgreSQL 16 and EXECUTE on the function.
+    let snapshot: boolean | undefined;
+    let snapshotAt = 0;
     while (!signal.aborted) {
       try {
         if (!db) {
@@ -384,11 +392,23 @@ export class ReplicationAgent extends BaseService {
           // message is not flushed by itself (the WAL writer flushes full pages and async commits only).
           // When every region is idle, unflushed heartbeats would stall each other and lag would grow forever.
           // PostgreSQL 17 has a flush argument; before it, a transactional message is flushed by its commit.
-          const { rows } = await db.query<{ v: number }>(`SELECT current_setting('server_version_num')::int AS v`);
+          const { rows } = await db.query<{ v: number; snap: boolean }>(
+            `SELECT current_setting('server_version_num')::int AS v,
+                    CASE WHEN current_setting('server_version_num')::int >= 160000 AND NOT pg_is_in_recovery()
+                         THEN has_function_privilege('pg_catalog.pg_log_standby_snapshot()', 'EXECUTE') ELSE false END AS snap`,
+          );
           emit = rows[0]!.v >= 170000 ? 'SELECT pg_logical_emit_message(false, $1, $2, true)' : 'SELECT pg_logical_emit_message(true, $1, $2)';
+          if (!rows[0]!.snap && snapshot === undefined) {
+            this.#log.info('no EXECUTE on pg_log_standby_snapshot() (or PostgreSQL before 16): a peer that reconnects re-decodes up to 15 s of this region\'s WAL first');
+          }
+          snapshot = rows[0]!.snap;
         }
         const at = BigInt(Date.now()) * 1000n;
         await db.query(emit, [HEARTBEAT_PREFIX, JSON.stringify({ region: this.#region.name, at: at.toString() })]);
+        if (snapshot && Date.now() - snapshotAt >= 1_000) {
+          await db.query('SELECT pg_log_standby_snapshot()');
+          snapshotAt = Date.now();
+        }
         this.#heartbeat = { lastAt: new Date(), lastError: null };
       } catch (err) {
         const message = toError(err).message;

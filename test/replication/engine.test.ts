@@ -57,6 +57,22 @@ describe('two regions', () => {
     assert.ok(again[0]!.sourceCommitAt!.getTime() > t1, 'heartbeats advanced the source time without any writes');
   });
 
+  test('a peer slot restarts close to where it stopped: the source logs a running-transactions snapshot every second', async () => {
+    // PostgreSQL alone logs one every 15 s: the slot's restart point would move at most once in this window.
+    const [a] = bed.db;
+    const restartLsns = new Set<string>();
+    const until = Date.now() + 4_500;
+    for (let i = 0; Date.now() < until; i++) {
+      await a!.query(`INSERT INTO kv VALUES ($1, 'restart point', $2) ON CONFLICT (k) DO UPDATE SET n = EXCLUDED.n`, [`restart-${i % 20}`, i]);
+      const { rows } = await a!.query(`SELECT restart_lsn::text AS l FROM pg_replication_slots WHERE slot_name = 'tandem_r_two'`);
+      restartLsns.add(rows[0]!.l);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(restartLsns.size >= 3, `the slot's restart point moved ${restartLsns.size - 1} time(s) in 4.5 s`);
+    await a!.query(`DELETE FROM kv WHERE k LIKE 'restart-%'`);
+    await waitConverged(bed, 'kv', 'k');
+  });
+
   test('status API needs the token; /metrics does not', async () => {
     await assert.rejects(callApi(`${api[0]}/v1/status`), /401/);
     const st = await callApi<AgentStatusReport>(`${api[0]}/v1/status`, { token: 'test-token' });
