@@ -154,9 +154,9 @@ class UnitQueue {
     return u;
   }
 
-  /** Wait until there is room for more (rows below the bound) or the queue is closed. */
-  async room(maxRows: number): Promise<void> {
-    while (this.#closed === undefined && this.#rows >= maxRows) {
+  /** Wait until there is room for more (rows and transactions below their bounds) or the queue is closed. */
+  async room(maxRows: number, maxTxns: number): Promise<void> {
+    while (this.#closed === undefined && (this.#rows >= maxRows || this.#txns >= maxTxns)) {
       await new Promise<void>((resolve) => (this.#roomWaiter = resolve));
     }
   }
@@ -334,6 +334,9 @@ export class PeerPipeline extends BaseService {
           messages: true,
           logger: this.#log,
           what: `region ${this.#o.peer}`,
+          // The reader queues two batches ahead (see #consume); the socket's buffer need not hold much more.
+          highWaterMark: 4_000,
+          highWaterMarkBytes: 4 << 20,
           ...(this.#o.stream ?? {}),
         });
         this.#stream = stream;
@@ -511,7 +514,9 @@ export class PeerPipeline extends BaseService {
           txn.rows = 0;
           txn.spilled = true;
         }
-        if (queue.rows >= maxRows * 2) await queue.room(maxRows * 2);
+        // Read ahead about two batches: enough that the next batch is ready when one commits. More only holds
+        // memory (after a partition the source sends as fast as it can) and makes garbage collection slower.
+        if (queue.rows >= maxRows * 2 || queue.txns >= maxTransactions * 2) await queue.room(maxRows * 2, maxTransactions * 2);
       }
       queue.close();
     })().catch((err: unknown) => {
