@@ -293,7 +293,7 @@ export class TandemSystem implements ReplicationSystem {
         ],
         {
           cwd: REPO_ROOT,
-          env: { ...process.env, TANDEM_LOG_LEVEL: 'warn', [PASSWORD_ENV]: PASSWORD, TANDEM_ADMIN_TOKEN: ADMIN_TOKEN },
+          env: { ...process.env, TANDEM_LOG_LEVEL: process.env.BENCH_AGENT_LOG_LEVEL ?? 'warn', [PASSWORD_ENV]: PASSWORD, TANDEM_ADMIN_TOKEN: ADMIN_TOKEN },
           stdio: ['ignore', logFd, logFd],
         },
       );
