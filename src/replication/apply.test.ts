@@ -258,57 +258,51 @@ describe('Applier', () => {
    * committed at the snapshot), its guarded write re-checks the newest row version (READ COMMITTED) and
    * must notice. The same injection hits the TypeScript path between its reads and its write.
    */
-  async function racingWrite(sql: string, params: unknown[]): Promise<void> {
+  async function racingWrite(...writes: Array<[sql: string, params: unknown[]]>): Promise<void> {
     await racer.query('BEGIN');
-    await racer.query(sql, params);
+    for (const [sql, params] of writes) await racer.query(sql, params);
     setTimeout(() => void racer.query('COMMIT').catch(() => {}), 150);
+  }
+
+  /** An applier raced by `writes` (see racingWrite) whenever it is about to write T1 in a first attempt. */
+  function racedApplier(sqlDecisions: boolean, ...writes: Array<[sql: string, params: unknown[]]>): { a: Applier; races: () => number } {
+    let races = 0;
+    const a = makeApplier({
+      sqlDecisions,
+      beforeWrite: async (table, attempt) => {
+        if (table === tableKey(T1) && attempt === 1) {
+          races++;
+          await racingWrite(...writes);
+        }
+      },
+    });
+    return { a, races: () => races };
   }
 
   for (const sqlDecisions of [true, false]) {
     const path = sqlDecisions ? 'SQL path' : 'TypeScript path';
     test(`a concurrent local INSERT during the apply is detected and the batch retried (${path})`, async () => {
       const id = sqlDecisions ? 60 : 63;
-      let injected = false;
-      const a = makeApplier({
-        sqlDecisions,
-        beforeWrite: async (table, attempt) => {
-          if (table === tableKey(T1) && attempt === 1 && !injected) {
-            injected = true;
-            await racingWrite(`INSERT INTO items VALUES ($1, 'local-racer', 1)`, [id]);
-          }
-        },
-      });
+      const { a, races } = racedApplier(sqlDecisions, [`INSERT INTO items VALUES ($1, 'local-racer', 1)`, [id]]);
       await a.init();
       const rel = await relation(T1);
       // Remote insert older than the racing local insert: the local row must survive (not be blindly overwritten).
       const st = await a.apply(batch([ins(rel, [String(id), 'remote', '2'], V(nowUs() - 1_000_000n))]));
-      assert.ok(injected);
-      assert.equal(st.attempts, 2, 'the first attempt saw the count mismatch and retried');
+      assert.equal(races(), 1);
+      assert.equal(st.attempts, 2, 'the first attempt saw the key inserted first and retried');
       assert.equal((await user.query('SELECT name FROM items WHERE id = $1', [id])).rows[0].name, 'local-racer');
       assert.ok((await conflicts('insert_exists')).some((r) => (r.pk as string[])[0] === String(id) && r.decision === 'skip'));
     });
 
     test(`a concurrent local tombstone of a key the batch inserts is detected (version entry, ${path})`, async () => {
       const id = sqlDecisions ? 64 : 65;
-      let injected = false;
-      const a = makeApplier({
-        sqlDecisions,
-        beforeWrite: async (table, attempt) => {
-          if (table === tableKey(T1) && attempt === 1 && !injected) {
-            injected = true;
-            // Inserted and deleted in one local transaction: no row, but a tombstone entry, committed while apply waits on it.
-            await racer.query('BEGIN');
-            await racer.query(`INSERT INTO items VALUES ($1, 'short-lived', 1)`, [id]);
-            await racer.query(`DELETE FROM items WHERE id = $1`, [id]);
-            setTimeout(() => void racer.query('COMMIT').catch(() => {}), 150);
-          }
-        },
-      });
+      // Inserted and deleted in one local transaction: no row, but a tombstone entry, committed while apply waits on it.
+      const { a, races } = racedApplier(sqlDecisions, [`INSERT INTO items VALUES ($1, 'short-lived', 1)`, [id]], [`DELETE FROM items WHERE id = $1`, [id]]);
       await a.init();
       const rel = await relation(T1);
       // The remote insert is older than the local delete: the delete wins, the row stays absent.
       const st = await a.apply(batch([ins(rel, [String(id), 'remote', '2'], V(nowUs() - 1_000_000n))]));
-      assert.ok(injected);
+      assert.equal(races(), 1);
       assert.equal(st.attempts, 2, 'the first attempt failed on the entry the racer made first, and retried');
       assert.deepEqual((await user.query('SELECT name FROM items WHERE id = $1', [id])).rows, []);
       assert.equal((await entry(T1, [String(id)]))?.deleted, true);
@@ -319,21 +313,12 @@ describe('Applier', () => {
         const id = (race === 'UPDATE' ? 61 : 62) + (sqlDecisions ? 0 : 10);
         await user.query(`INSERT INTO items VALUES ($1, 'base', 1)`, [id]);
         const t0 = await localVersion(T1, String(id));
-        let injected = 0;
-        const a = makeApplier({
-          sqlDecisions,
-          beforeWrite: async (table, attempt) => {
-            if (table === tableKey(T1) && attempt === 1) {
-              injected++;
-              await racingWrite(race === 'UPDATE' ? `UPDATE items SET name = 'local-later' WHERE id = $1` : `DELETE FROM items WHERE id = $1`, [id]);
-            }
-          },
-        });
+        const { a, races } = racedApplier(sqlDecisions, [race === 'UPDATE' ? `UPDATE items SET name = 'local-later' WHERE id = $1` : `DELETE FROM items WHERE id = $1`, [id]]);
         await a.init();
         const rel = await relation(T1);
         // A remote update newer than the row as read, but older than the racing local write.
         const st = await a.apply(batch([upd(rel, [String(id), 'remote', '2'], V(t0 + 1n))]));
-        assert.equal(injected, 1);
+        assert.equal(races(), 1);
         assert.equal(st.attempts, 2, 'the guarded write saw the row change and the batch was retried');
         const { rows } = await user.query('SELECT name FROM items WHERE id = $1', [id]);
         assert.deepEqual(rows, race === 'UPDATE' ? [{ name: 'local-later' }] : []);
