@@ -544,7 +544,8 @@ describe('Applier', () => {
     const t0 = nowUs();
     await a.apply(batch([ins(rel, ['900', 'v0', '0'], V(t0))]));
     const counters = async () => {
-      await db.query('SELECT pg_stat_force_next_flush()');
+      // Every session's pending counts, also those of earlier tests' sessions (flushed at most once a second otherwise).
+      for (const c of [db, user, racer]) await c.query('SELECT pg_stat_force_next_flush()');
       await new Promise((r) => setTimeout(r, 50));
       await user.query('SELECT pg_stat_clear_snapshot()');
       const { rows } = await user.query(`SELECT n_tup_upd::int AS upd, n_tup_hot_upd::int AS hot FROM pg_stat_user_tables WHERE relid = 'tandem.row_versions'::regclass`);
