@@ -234,8 +234,9 @@ describe('bootstrap of a new region into a live mesh', () => {
     for (const [i, db] of [e1, e2].entries()) writers.push(writer(db, bed.regions[i]!, prng(seed + i)));
     await sleep(300);
 
-    // First attempt through the CLI, killed in the middle of the copy.
-    cli = spawn(process.execPath, ['bin/tandem.js', 'replicate', 'bootstrap', '-c', configFile3, '--region', NEW, '--batch-rows', '200'], {
+    // First attempt through the CLI, killed in the middle of the copy. Small batches make the copy take a few
+    // progress reports (every 500 ms): with 200 rows per batch it finished in 0.5 s once, before any.
+    cli = spawn(process.execPath, ['bin/tandem.js', 'replicate', 'bootstrap', '-c', configFile3, '--region', NEW, '--batch-rows', '40'], {
       cwd: path.resolve(import.meta.dirname, '../..'),
       env: { ...process.env, [PASSWORD_ENV]: TEST_PG_PASSWORD },
       stdio: ['ignore', 'pipe', 'pipe'],
