@@ -75,7 +75,8 @@ if (argv.help) {
   --shared-pct N        % of tandem's updates on keys both regions write (default 3)
   --latency-ms N        one-way WAN latency (default 15)
   --phases LIST         which phases to run (default saturated,fixed,partition), e.g. for profiling one
-  --logs DIR            keep the tandem agents' logs (and PostgreSQL's) in DIR
+  --logs DIR            keep the tandem agents' logs (and PostgreSQL's) in DIR;
+                        agents log warnings, BENCH_AGENT_LOG_LEVEL=info (environment) for more
   --report FILE         print the summary of earlier --json files (repeatable); runs nothing
   --pg-setting K=V      an extra PostgreSQL setting for both servers (repeatable), e.g. for auto_explain
 `);
