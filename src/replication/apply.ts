@@ -1582,6 +1582,7 @@ function tableCtes(part: SqlPart, n: number, b: number): { ctes: string[]; resul
           CASE WHEN d.act = 'skip' THEN 'skip' ELSE 'apply' END, d.reason, d.lsn::pg_lsn
      FROM ${dec} d WHERE d.kind IS NOT NULL RETURNING 1)`,
   );
+  // distinct<n> is not read: selecting it runs the duplicate check also for a batch that inserts nothing.
   const result = `SELECT (SELECT count(*) FROM wd${n})::int AS wd${n}, (SELECT count(*) FROM wu${n})::int AS wu${n}, (SELECT count(*) FROM wi${n})::int AS wi${n},
          ((SELECT count(*) FROM vu${n}) + (SELECT count(*) FROM vn${n}))::int AS vx${n}, ${prioP} AS priority${n},
          count(*) FILTER (WHERE act = 'delete')::int AS xd${n},

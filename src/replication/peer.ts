@@ -99,6 +99,12 @@ type Unit =
 
 /** A bounded FIFO between reader and applier (array + head index: O(1) per unit). */
 class UnitQueue {
+  constructor(
+    /** Bounds of what is queued: the reader waits (`room()`) while either is reached. */
+    readonly maxRows: number,
+    readonly maxTxns: number,
+  ) {}
+
   #items: (Unit | undefined)[] = [];
   #head = 0;
   #rows = 0;
@@ -154,9 +160,14 @@ class UnitQueue {
     return u;
   }
 
-  /** Wait until there is room for more (rows and transactions below their bounds) or the queue is closed. */
-  async room(maxRows: number, maxTxns: number): Promise<void> {
-    while (this.#closed === undefined && (this.#rows >= maxRows || this.#txns >= maxTxns)) {
+  /** Rows or transactions at their bound (checked synchronously, so a reader with room skips `room()`'s await). */
+  get full(): boolean {
+    return this.#rows >= this.maxRows || this.#txns >= this.maxTxns;
+  }
+
+  /** Wait until the queue is no longer full, or is closed. */
+  async room(): Promise<void> {
+    while (this.#closed === undefined && this.full) {
       await new Promise<void>((resolve) => (this.#roomWaiter = resolve));
     }
   }
@@ -392,10 +403,12 @@ export class PeerPipeline extends BaseService {
 
   /** Run the reader and the applier of one session until one of them fails or we are stopped. */
   async #consume(stream: ReplicationStream, db: pg.Client, signal: AbortSignal, onProgress: () => void): Promise<void> {
-    const queue = new UnitQueue();
+    const { maxTransactions, maxRows } = this.#o.batch;
+    // Read ahead about two batches: enough that the next batch is ready when one commits. More only holds
+    // memory (after a partition the source sends as fast as it can) and makes garbage collection slower.
+    const queue = new UnitQueue(maxRows * 2, maxTransactions * 2);
     this.#queue = queue;
     let openTxn = false;
-    const { maxTransactions, maxRows } = this.#o.batch;
     const fail = (err: unknown) => {
       queue.close(toError(err));
       void stream.stop().catch(() => {});
@@ -514,9 +527,7 @@ export class PeerPipeline extends BaseService {
           txn.rows = 0;
           txn.spilled = true;
         }
-        // Read ahead about two batches: enough that the next batch is ready when one commits. More only holds
-        // memory (after a partition the source sends as fast as it can) and makes garbage collection slower.
-        if (queue.rows >= maxRows * 2 || queue.txns >= maxTransactions * 2) await queue.room(maxRows * 2, maxTransactions * 2);
+        if (queue.full) await queue.room();
       }
       queue.close();
     })().catch((err: unknown) => {
