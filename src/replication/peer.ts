@@ -21,8 +21,10 @@ import type { Logger } from '../core/log.ts';
 import { pgClientConfig } from '../core/pg.ts';
 import { tableKey } from '../core/sql.ts';
 import type { PgConnectionConfig } from '../core/config/common.ts';
+import { DEFAULT_BATCH_WAIT_MS } from '../core/config/replication.ts';
 import { Applier, type ApplyStats, type Batch, type Change, type PausedTable, type RowChange } from './apply.ts';
 import type { SourceRelation } from './catalog.ts';
+import { UnitQueue, type Unit } from './queue.ts';
 import type { PgOutputMessage } from './pgoutput.ts';
 import { formatLsn, pgTimeToUnixUs } from './protocol.ts';
 import type { Policy } from './resolve.ts';
@@ -75,7 +77,11 @@ export interface PeerPipelineOptions {
   bindAddress?: string;
   tables: ReadonlySet<string>;
   policyFor(table: string): Policy;
-  batch: { maxTransactions: number; maxRows: number };
+  /**
+   * Group commit: at most this many source transactions / rows per target transaction; `maxWaitMs` caps
+   * the wait for more before each batch (it waits as long as the previous batch took to apply; 0: never).
+   */
+  batch: { maxTransactions: number; maxRows: number; maxWaitMs?: number };
   logger: Logger;
   metrics?: PeerMetricsSink;
   /** Backoff between reconnects: from `minMs`, doubling up to `maxMs`. */
@@ -89,130 +95,6 @@ export interface PeerPipelineOptions {
   /** Stream tuning passed through (tests use short timeouts). */
   stream?: { statusIntervalMs?: number; receiveTimeoutMs?: number };
   events?: { onPause?(p: PausedTable): void; onResume?(table: string, replayed: number): void };
-}
-
-/** One unit the reader hands to the applier. */
-type Unit =
-  | { kind: 'txn'; changes: Change[]; rows: number; endLsn: bigint; commitUs: bigint; spilled: boolean }
-  | { kind: 'chunk'; changes: Change[]; rows: number }
-  | { kind: 'heartbeat'; lsn: bigint; atUs: bigint };
-
-/** A bounded FIFO between reader and applier (array + head index: O(1) per unit). */
-class UnitQueue {
-  constructor(
-    /** Bounds of what is queued: the reader waits (`room()`) while either is reached. */
-    readonly maxRows: number,
-    readonly maxTxns: number,
-  ) {}
-
-  #items: (Unit | undefined)[] = [];
-  #head = 0;
-  #rows = 0;
-  #txns = 0;
-  #closed: Error | null | undefined; // undefined: open; null: closed cleanly; Error: failed
-  #takeWaiter: (() => void) | undefined;
-  #roomWaiter: (() => void) | undefined;
-  /** Units taken by the applier and not yet committed (set synchronously inside take()). */
-  #inFlight = false;
-
-  get length(): number {
-    return this.#items.length - this.#head;
-  }
-
-  get rows(): number {
-    return this.#rows;
-  }
-
-  get txns(): number {
-    return this.#txns;
-  }
-
-  /** Nothing queued and nothing being applied: everything received is durable. */
-  get idle(): boolean {
-    return this.length === 0 && !this.#inFlight;
-  }
-
-  /** The applier finished (committed or failed) what it took. */
-  done(): void {
-    this.#inFlight = false;
-  }
-
-  push(u: Unit): void {
-    this.#items.push(u);
-    this.#rows += u.kind === 'heartbeat' ? 0 : u.rows;
-    if (u.kind === 'txn') this.#txns++;
-    this.#takeWaiter?.();
-  }
-
-  #peek(): Unit | undefined {
-    return this.#items[this.#head];
-  }
-
-  #shift(): Unit {
-    const u = this.#items[this.#head]!;
-    this.#items[this.#head++] = undefined;
-    if (this.#head > 4096 && this.#head * 2 > this.#items.length) {
-      this.#items = this.#items.slice(this.#head);
-      this.#head = 0;
-    }
-    this.#rows -= u.kind === 'heartbeat' ? 0 : u.rows;
-    if (u.kind === 'txn') this.#txns--;
-    return u;
-  }
-
-  /** Rows or transactions at their bound (checked synchronously, so a reader with room skips `room()`'s await). */
-  get full(): boolean {
-    return this.#rows >= this.maxRows || this.#txns >= this.maxTxns;
-  }
-
-  /** Wait until the queue is no longer full, or is closed. */
-  async room(): Promise<void> {
-    while (this.#closed === undefined && this.full) {
-      await new Promise<void>((resolve) => (this.#roomWaiter = resolve));
-    }
-  }
-
-  /**
-   * Take a batch: every queued unit up to the limits (at least one), or a
-   * single chunk of a spilled transaction. Resolves `undefined` when closed.
-   */
-  async take(maxTxns: number, maxRows: number): Promise<Unit[] | undefined> {
-    while (this.length === 0) {
-      if (this.#closed !== undefined) {
-        if (this.#closed) throw this.#closed;
-        return undefined;
-      }
-      await new Promise<void>((resolve) => (this.#takeWaiter = resolve));
-      this.#takeWaiter = undefined;
-    }
-    const out: Unit[] = [];
-    let txns = 0;
-    let rows = 0;
-    while (this.length > 0) {
-      const u = this.#peek()!;
-      if (u.kind === 'chunk') {
-        if (out.length === 0) out.push(this.#shift());
-        break;
-      }
-      if (u.kind === 'txn' && u.spilled && out.length > 0) break; // the end of a spilled transaction goes alone
-      const r = u.kind === 'heartbeat' ? 0 : u.rows;
-      if (out.length > 0 && (txns + 1 > maxTxns || rows + r > maxRows)) break;
-      out.push(this.#shift());
-      if (u.kind === 'txn') txns++;
-      rows += r;
-      if (u.kind === 'txn' && u.spilled) break;
-    }
-    this.#inFlight = true;
-    this.#roomWaiter?.();
-    return out;
-  }
-
-  close(err?: Error): void {
-    if (this.#closed !== undefined) return;
-    this.#closed = err ?? null;
-    this.#takeWaiter?.();
-    this.#roomWaiter?.();
-  }
 }
 
 /** Streams one peer into this region, forever, until stopped. */
@@ -403,7 +285,7 @@ export class PeerPipeline extends BaseService {
 
   /** Run the reader and the applier of one session until one of them fails or we are stopped. */
   async #consume(stream: ReplicationStream, db: pg.Client, signal: AbortSignal, onProgress: () => void): Promise<void> {
-    const { maxTransactions, maxRows } = this.#o.batch;
+    const { maxTransactions, maxRows, maxWaitMs = DEFAULT_BATCH_WAIT_MS } = this.#o.batch;
     // Read ahead about two batches: enough that the next batch is ready when one commits. More only holds
     // memory (after a partition the source sends as fast as it can) and makes garbage collection slower.
     const queue = new UnitQueue(maxRows * 2, maxTransactions * 2);
@@ -536,17 +418,26 @@ export class PeerPipeline extends BaseService {
     });
 
     const applierLoop = (async () => {
+      /** How long the last batch took to apply (ms): the next one waits up to that long to grow. */
+      let lastApplyMs = 0;
       for (;;) {
+        const wait = Math.min(maxWaitMs, lastApplyMs);
+        if (wait >= 1) {
+          this.#doing(`grouping transactions for up to ${Math.round(wait)} ms`);
+          await queue.fill(maxTransactions, maxRows, wait);
+        }
         this.#doing('waiting for changes');
         const units = await queue.take(maxTransactions, maxRows);
         if (!units) return;
         this.#doing(`applying ${units.filter((u) => u.kind === 'txn').length} transaction(s)${units[0]?.kind === 'chunk' ? ' (a chunk of a large one)' : ''}`);
+        const t0 = performance.now();
         try {
           await this.#applyUnits(units, stream);
           onProgress();
         } finally {
           queue.done();
         }
+        lastApplyMs = performance.now() - t0;
         if (Date.now() >= this.#recheckDue && !this.#applier.chunkOpen) {
           this.#recheckDue = Date.now() + (this.#o.recheckIntervalMs ?? 5_000);
           this.#doing('re-checking paused tables');

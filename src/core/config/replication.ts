@@ -6,6 +6,9 @@
 import { z } from 'zod';
 import { ms, sec } from './common.ts';
 
+/** The group-commit wait's cap (ms): see `batch.maxWaitMs`. */
+export const DEFAULT_BATCH_WAIT_MS = 20;
+
 export const conflictPolicy = z.discriminatedUnion('policy', [
   z.object({ policy: z.literal('lww') }).strict(),
   z.object({ policy: z.literal('region-priority'), region: z.string() }).strict(),
@@ -25,14 +28,20 @@ export const replication = z
     tombstoneRetentionSec: sec.default(86_400),
     lagWarnSec: sec.default(60),
     lagCriticalSec: sec.default(300),
-    /** Group commit: several source transactions per target transaction while behind. */
+    /**
+     * Group commit: several source transactions per target transaction. Before each batch the applier
+     * waits for more transactions as long as the previous batch took to apply, at most `maxWaitMs`, unless
+     * a whole batch is already queued: a busy target gets fewer, larger batches (less CPU per row); an idle
+     * one, whose batches take a few ms, adds next to no lag. 0 turns the wait off.
+     */
     batch: z
       .object({
         maxTransactions: z.number().int().positive().default(500),
         maxRows: z.number().int().positive().default(10_000),
+        maxWaitMs: z.number().int().min(0).max(1_000).default(DEFAULT_BATCH_WAIT_MS),
       })
       .strict()
-      .default({ maxTransactions: 500, maxRows: 10_000 }),
+      .default({ maxTransactions: 500, maxRows: 10_000, maxWaitMs: DEFAULT_BATCH_WAIT_MS }),
     /** Give each region interleaved sequences (increment = number of regions). */
     interleaveSequences: z.boolean().default(false),
     /**
