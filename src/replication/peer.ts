@@ -421,7 +421,8 @@ export class PeerPipeline extends BaseService {
       /** How long the last batch took to apply (ms): the next one waits up to that long to grow. */
       let lastApplyMs = 0;
       for (;;) {
-        const wait = Math.min(maxWaitMs, lastApplyMs);
+        // Not inside a chunked transaction: its target transaction is open and holds its locks.
+        const wait = this.#applier.chunkOpen ? 0 : Math.min(maxWaitMs, lastApplyMs);
         if (wait >= 1) {
           this.#doing(`grouping transactions for up to ${Math.round(wait)} ms`);
           await queue.fill(maxTransactions, maxRows, wait);

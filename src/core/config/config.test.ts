@@ -22,6 +22,7 @@ test('defaults are the blueprint numbers', () => {
   assert.ok(c.replication.tombstoneRetentionSec >= 86_400);
   assert.equal(c.control.rpoSec, 300);
   assert.equal(c.regions[0]!.database.port, 5432);
+  assert.deepEqual(c.replication.batch, { maxTransactions: 500, maxRows: 10_000, maxWaitMs: 20 });
 });
 
 test('every bad field is reported with its path, expectation and what was found', () => {
@@ -29,7 +30,7 @@ test('every bad field is reported with its path, expectation and what was found'
   (bad.regions[0] as Record<string, unknown>).addresses = ['not-an-ip'];
   (bad.regions[1] as Record<string, unknown>).name = 'aws-south';
   bad.health = { intervalMs: -5 };
-  bad.replication = { conflicts: { 'public.t': { policy: 'region-priority', region: 'gcp-east' } } };
+  bad.replication = { conflicts: { 'public.t': { policy: 'region-priority', region: 'gcp-east' } }, batch: { maxWaitMs: -1 } };
   try {
     parseConfig(bad, 'x.yaml');
     assert.fail('expected a config error');
@@ -40,6 +41,7 @@ test('every bad field is reported with its path, expectation and what was found'
     assert.match(msg, /regions\[1\]\.name: duplicate region name "aws-south"/);
     assert.match(msg, /health\.intervalMs: .*\(found -5\)/);
     assert.match(msg, /replication\.conflicts\["public\.t"\]\.region: unknown region "gcp-east"/);
+    assert.match(msg, /replication\.batch\.maxWaitMs: .*\(found -1\)/);
   }
 });
 
