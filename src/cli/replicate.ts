@@ -22,7 +22,9 @@ export function register(program: Command): void {
       const config = commandConfig(cmd);
       const report = await setupReplication(config, { checkOnly: Boolean(opts.check), logger: createLogger({ name: 'replication-setup', level: process.env.TANDEM_LOG_LEVEL ?? 'warn' }) });
       output(Boolean(opts.json), report, () =>
-        report.regions.map((r) => `${r.region} (${r.platform}, PostgreSQL ${r.serverVersion}):\n${r.actions.map((a) => `  - ${a}`).join('\n') || '  - nothing to do'}`).join('\n'),
+        report.regions
+          .map((r) => `${r.region} (${r.platform}, PostgreSQL ${r.serverVersion}):\n${r.actions.map((a) => `  - ${a}`).join('\n') || '  - nothing to do'}${r.advice.map((a) => `\n  advice: ${a}`).join('')}`)
+          .join('\n'),
       );
     });
 

@@ -22,6 +22,8 @@ export interface PrereqReport {
   serverVersion: number;
   user: string;
   problems: PrereqProblem[];
+  /** Optional improvements: replication works without them (setup reports them and goes on). */
+  advice: PrereqProblem[];
 }
 
 /** What the checks need to know. */
@@ -77,6 +79,7 @@ export async function checkPrerequisites(db: Queryable, needs: PrereqNeeds): Pro
   );
   const role = me[0]!;
   const problems: PrereqProblem[] = [];
+  const advice: PrereqProblem[] = [];
   if (serverVersion < 160000) {
     problems.push({
       what: 'server version',
@@ -146,6 +149,17 @@ export async function checkPrerequisites(db: Queryable, needs: PrereqNeeds): Pro
         });
       }
     }
+    if (serverVersion >= 160000) {
+      const { rows: snap } = await db.query<{ ok: boolean }>(`SELECT has_function_privilege('pg_catalog.pg_log_standby_snapshot()', 'EXECUTE') AS ok`);
+      if (!snap[0]?.ok) {
+        advice.push({
+          what: `role "${role.user}" has no EXECUTE on pg_log_standby_snapshot()`,
+          found: 'no EXECUTE',
+          want: 'optional: with it the agent logs a running-transactions snapshot every second, so a peer that reconnects does not first re-decode up to 15 s of WAL',
+          fix: `GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() TO "${role.user}";`,
+        });
+      }
+    }
     if (needs.role === 'setup' && !role.can_create) {
       problems.push({
         what: `role "${role.user}" may create schema "tandem"`,
@@ -155,10 +169,11 @@ export async function checkPrerequisites(db: Queryable, needs: PrereqNeeds): Pro
       });
     }
   }
-  return { platform, serverVersion, user: role.user, problems };
+  return { platform, serverVersion, user: role.user, problems, advice };
 }
 
 /** The problems of one region as lines for an error message. */
-export function formatProblems(region: string, report: PrereqReport): string[] {
+export function formatProblems(region: string, report: PrereqReport, list: 'problems' | 'advice' = 'problems'): string[] {
+  if (list === 'advice') return report.advice.map((p) => `${region}: ${p.what} (${p.want}) — fix: ${p.fix}`);
   return report.problems.map((p) => `${region}: ${p.what} is ${p.found}, needs ${p.want} — fix: ${p.fix}`);
 }

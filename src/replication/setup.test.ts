@@ -12,7 +12,7 @@ import type pg from 'pg';
 import { startCluster, client, TEST_PG_PASSWORD, type TestCluster } from '../../test/helpers/pg.ts';
 import { parseConfig, type Config } from '../core/config/index.ts';
 import { isTandemError } from '../core/errors.ts';
-import { checkPrerequisites, fixFor } from './prereq.ts';
+import { checkPrerequisites, fixFor, formatProblems } from './prereq.ts';
 import { installRegion, setupReplication, teardownReplication } from './setup.ts';
 import { parseTableName } from '../core/sql.ts';
 
@@ -74,6 +74,12 @@ describe('setup on a server that is not ready', () => {
       assert.match(fixes, /ALTER ROLE "weak" WITH REPLICATION/);
       assert.match(fixes, /GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup\(text\) TO "weak"/);
       assert.match(fixes, /GRANT SET ON PARAMETER session_replication_role TO "weak"/);
+      assert.deepEqual(
+        formatProblems('aws-south', rep, 'advice'),
+        [`aws-south: role "weak" has no EXECUTE on pg_log_standby_snapshot() (${rep.advice[0]?.want}) — fix: GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() TO "weak";`],
+        'the optional grant is advice, not a problem',
+      );
+      assert.ok(!rep.problems.some((p) => /standby_snapshot/.test(p.what)));
     } finally {
       await weak.end();
     }
@@ -126,6 +132,7 @@ describe('setup on ready servers', () => {
     const config = configFor(cluster.servers[0]!, ['public.seqt'], { interleaveSequences: true });
     const report = await setupReplication(config);
     for (const r of report.regions) assert.match(r.actions.join('; '), /1 sequence\(s\) interleaved \(values ≡ \d mod 2\)/);
+    assert.deepEqual(report.regions.map((r) => r.advice), [[], []], 'a superuser needs no optional grant');
     const ids = await Promise.all([db, second].map(async (c) => (await c.query(`INSERT INTO seqt (v) VALUES ('a'), ('b') RETURNING id`)).rows.map((r) => Number(r.id))));
     const classes = ids.map((list) => new Set(list.map((id) => id % 2)));
     assert.ok(classes.every((c) => c.size === 1), `each region stays in one residue class: ${JSON.stringify(ids)}`);

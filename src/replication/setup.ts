@@ -160,7 +160,8 @@ export async function ensureOrigin(db: Queryable, source: string): Promise<boole
 
 /** What setup did, per region. */
 export interface SetupReport {
-  regions: Array<{ region: string; platform: PrereqReport['platform']; serverVersion: number; actions: string[] }>;
+  /** `advice`: optional improvements found by the prerequisite check (`formatProblems(…, 'advice')`). */
+  regions: Array<{ region: string; platform: PrereqReport['platform']; serverVersion: number; actions: string[]; advice: string[] }>;
 }
 
 /** Options of setup and teardown. */
@@ -218,7 +219,7 @@ export async function setupReplication(config: Config, opts: SetupOptions = {}):
     if (opts.checkOnly) {
       for (const c of conns) {
         const rep = reports.get(c.region)!;
-        report.regions.push({ region: c.region, platform: rep.platform, serverVersion: rep.serverVersion, actions: ['checked'] });
+        report.regions.push({ region: c.region, platform: rep.platform, serverVersion: rep.serverVersion, actions: ['checked'], advice: formatProblems(c.region, rep, 'advice') });
       }
       return report;
     }
@@ -233,7 +234,7 @@ export async function setupReplication(config: Config, opts: SetupOptions = {}):
         await c.db.query('INSERT INTO tandem.replication_status (peer) VALUES ($1) ON CONFLICT (peer) DO NOTHING', [peer.region]);
       }
       const rep = reports.get(c.region)!;
-      report.regions.push({ region: c.region, platform: rep.platform, serverVersion: rep.serverVersion, actions });
+      report.regions.push({ region: c.region, platform: rep.platform, serverVersion: rep.serverVersion, actions, advice: formatProblems(c.region, rep, 'advice') });
     }
     // Slots last: a slot marks where streaming starts, and everything above must exist by then.
     for (const source of conns) {
