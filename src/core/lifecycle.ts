@@ -26,6 +26,7 @@ export abstract class BaseService implements Service {
   abstract readonly name: string;
   #state: ServiceState = 'new';
   #stopping: Promise<void> | undefined;
+  #starting: Promise<void> | undefined;
   #resolveClosed!: () => void;
   #rejectClosed!: (err: unknown) => void;
   readonly closed: Promise<void>;
@@ -51,16 +52,20 @@ export abstract class BaseService implements Service {
       throw new TandemError('TANDEM_ERR_STATE', `${this.name}: start() called in state ${this.#state}`);
     }
     this.#state = 'starting';
-    try {
-      signal?.throwIfAborted();
-      await this.onStart(signal);
-      this.#state = 'running';
-    } catch (err) {
-      this.#state = 'failed';
-      await this.onStop().catch(() => {});
-      this.#rejectClosed(err);
-      throw err;
-    }
+    this.#starting = (async () => {
+      try {
+        signal?.throwIfAborted();
+        await this.onStart(signal);
+        // A stop() that came while starting runs onStop now, after everything onStart built exists.
+        if (this.#state === 'starting') this.#state = 'running';
+      } catch (err) {
+        this.#state = 'failed';
+        await this.onStop().catch(() => {});
+        this.#rejectClosed(err);
+        throw err;
+      }
+    })();
+    return this.#starting;
   }
 
   stop(): Promise<void> {
@@ -72,9 +77,13 @@ export abstract class BaseService implements Service {
       }
       return Promise.resolve();
     }
+    // Stopping while starting: wait for the start to settle (a failed start has stopped itself).
+    const starting = this.#state === 'starting' ? this.#starting : undefined;
     this.#state = 'stopping';
-    this.#stopping = this.onStop().then(
+    const stopped = starting ? starting.then(() => this.onStop(), () => undefined) : this.onStop();
+    this.#stopping = stopped.then(
       () => {
+        if (this.#state === 'failed') return;
         this.#state = 'stopped';
         this.#resolveClosed();
       },

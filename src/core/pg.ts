@@ -21,6 +21,8 @@ export interface PgClientExtras {
   replication?: 'database';
   /** Override the database name (e.g. `postgres` for admin work). */
   database?: string;
+  /** Client-side deadline of each query (ms): the promise rejects and the session must be dropped. */
+  queryTimeoutMs?: number;
 }
 
 function readPem(path: string, what: string): string {
@@ -83,6 +85,7 @@ export function pgClientConfig(conn: PgConnectionConfig, extras: PgClientExtras 
   };
   if (password !== undefined) config.password = password;
   if (extras.replication) config.replication = extras.replication;
+  if (extras.queryTimeoutMs) config.query_timeout = extras.queryTimeoutMs;
   if (extras.bindAddress) config.stream = boundSocketFactory(extras.bindAddress) as never;
   return config;
 }
@@ -99,6 +102,20 @@ export async function connectClient(conn: PgConnectionConfig, extras: PgClientEx
     });
   }
   return client;
+}
+
+/** Drop a client's connection at once (a statement in flight fails on the client; the server finishes or aborts it). */
+export function destroySocket(db: pg.Client): void {
+  (db as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+}
+
+/** End a client without waiting forever on a connection that is stuck: destroy its socket after `graceMs`. */
+export async function closeClient(db: pg.Client, graceMs = 2_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const ended = db.end().catch(() => {});
+  const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
+  if ((await Promise.race([ended, timedOut])) === 'timeout') destroySocket(db);
+  clearTimeout(timer);
 }
 
 /** A pool for request-serving code (the app kit). */

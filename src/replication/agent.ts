@@ -21,7 +21,7 @@ import { ApiServer } from '../core/http.ts';
 import { BaseService, sleep } from '../core/lifecycle.ts';
 import { silentLogger, type Logger } from '../core/log.ts';
 import { createRegistry } from '../core/metrics.ts';
-import { connectClient } from '../core/pg.ts';
+import { closeClient, connectClient } from '../core/pg.ts';
 import { parseTableName, tableKey } from '../core/sql.ts';
 import type { ApplyStats, PausedTable } from './apply.ts';
 import { PeerPipeline, type PeerStatus } from './peer.ts';
@@ -337,7 +337,7 @@ export class ReplicationAgent extends BaseService {
       );
       return rows;
     } finally {
-      await db.end().catch(() => {});
+      await closeClient(db);
     }
   }
 
@@ -355,8 +355,10 @@ export class ReplicationAgent extends BaseService {
     this.#rates.get(peer)?.add(txns, stats.rows);
   }
 
+  /** A session to this region's database; every query has the apply deadline, so a hung server cannot hold a loop or a stop. */
   async #connectLocal(app: string): Promise<pg.Client> {
-    const db = await connectClient(localDatabase(this.#region), { applicationName: app }, `${this.#region.name} database`);
+    const queryTimeoutMs = this.#o.config.replication.applyTimeoutSec * 1000;
+    const db = await connectClient(localDatabase(this.#region), { applicationName: app, queryTimeoutMs }, `${this.#region.name} database`);
     db.on('error', () => {});
     return db;
   }
@@ -369,7 +371,7 @@ export class ReplicationAgent extends BaseService {
       );
       return new Map(rows.map((r) => [r.peer, { ts: r.ts === null ? undefined : BigInt(r.ts), appliedAt: r.applied_at ?? undefined }]));
     } finally {
-      await db.end().catch(() => {});
+      await closeClient(db);
     }
   }
 
@@ -414,12 +416,12 @@ export class ReplicationAgent extends BaseService {
         const message = toError(err).message;
         if (this.#heartbeat.lastError !== message) this.#log.warn({ err: message }, 'cannot emit heartbeat into the local database');
         this.#heartbeat.lastError = message;
-        await db?.end().catch(() => {});
+        if (db) await closeClient(db);
         db = undefined;
       }
       await sleep(interval, signal).catch(() => {});
     }
-    await db?.end().catch(() => {});
+    if (db) await closeClient(db);
   }
 
   /** Expire tombstones older than the retention (commit times of local deletes are resolved first). */
@@ -444,7 +446,7 @@ export class ReplicationAgent extends BaseService {
     try {
       return await purgeTombstones(db, this.#o.config.replication.tombstoneRetentionSec);
     } finally {
-      await db.end().catch(() => {});
+      await closeClient(db);
     }
   }
 

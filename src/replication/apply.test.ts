@@ -4,7 +4,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import type pg from 'pg';
+import pg from 'pg';
 import { sourceRelationOf } from '../../test/helpers/relation.ts';
 import { startCluster, client, type TestCluster } from '../../test/helpers/pg.ts';
 import { silentLogger } from '../core/log.ts';
@@ -634,5 +634,33 @@ describe('Applier', () => {
     await user.query(`ALTER TABLE strict DROP CONSTRAINT strict_v_check`);
     assert.equal(await a.resumePaused(), 1);
     assert.equal((await user.query('SELECT v FROM strict')).rows[0].v, -5);
+  });
+
+  test('a statement past the client deadline ends the session: nothing more is sent behind it (no retry, no ROLLBACK)', async () => {
+    // Its own session with a short deadline, applying from peer "c" (an origin is active in one session at a time).
+    await ensureOrigin(user, 'c');
+    const slow = new pg.Client({ ...cluster.servers[0]!.clientConfig('tandem'), query_timeout: 400 } as pg.ClientConfig);
+    slow.on('error', () => {});
+    await slow.connect();
+    const a = new Applier({ db: slow, localRegion: 'b', peer: 'c', tables: new Set(ALL.map(tableKey)), policyFor: () => ({ kind: 'lww' }), logger: silentLogger() });
+    await a.init();
+    const rel = await relation(T1);
+    await user.query(`INSERT INTO items VALUES (9001, 'local', 1)`);
+    // A local transaction holds the row: the apply statement waits for it past the deadline.
+    await racer.query('BEGIN');
+    await racer.query('UPDATE items SET qty = 2 WHERE id = 9001');
+    const sent: string[] = [];
+    const query = slow.query.bind(slow) as (...args: unknown[]) => unknown;
+    (slow as unknown as { query: (...args: unknown[]) => unknown }).query = (q: unknown, ...rest: unknown[]) => {
+      sent.push(typeof q === 'string' ? q : (q as { text: string }).text);
+      return query(q, ...rest);
+    };
+    try {
+      await assert.rejects(a.apply(batch([upd(rel, ['9001', 'remote', '3'], V(nowUs() + 1_000_000n))])), /Query read timeout/);
+      assert.equal(sent.length, 1, `only the apply statement was sent, got: ${sent.map((q) => q.slice(0, 40)).join(' | ')}`);
+    } finally {
+      await racer.query('ROLLBACK');
+      await slow.end().catch(() => {});
+    }
   });
 });

@@ -208,6 +208,24 @@ function isTableError(err: TableApplyError): boolean {
   return state !== undefined && /^(22|23|42|0A|2B|2F|39|P0)/.test(state);
 }
 
+/**
+ * The session is gone or its last statement's outcome is unknown: the client's deadline passed (the
+ * statement may still be running, and commit), the connection broke, or the server is shutting down.
+ * Nothing more may be sent on it; the pipeline drops it and resumes from the committed progress.
+ */
+export function sessionLost(err: unknown): boolean {
+  const e = (err instanceof TableApplyError ? err.cause : err) as { code?: unknown; message?: unknown };
+  const code = typeof e?.code === 'string' ? e.code : '';
+  const message = typeof e?.message === 'string' ? e.message : '';
+  return (
+    /^E[A-Z]+$/.test(code) || // a socket error (ECONNRESET, EPIPE, ...)
+    /^(08|57P0)/.test(code) || // connection exceptions, operator intervention (shutdown)
+    message === 'Query read timeout' ||
+    message.startsWith('Connection terminated') ||
+    message.endsWith('is not queryable')
+  );
+}
+
 function sqlState(err: unknown): string | undefined {
   const e = (err instanceof TableApplyError ? err.cause : err) as { code?: unknown };
   return typeof e?.code === 'string' ? e.code : undefined;
@@ -418,7 +436,7 @@ export class Applier {
         await this.#o.db.query('COMMIT');
         return stats;
       } catch (err) {
-        await this.#o.db.query('ROLLBACK').catch(() => {});
+        if (!sessionLost(err)) await this.#o.db.query('ROLLBACK').catch(() => {});
         if (err instanceof TableApplyError && isTableError(err)) this.#countFailure(err);
         throw err instanceof TableApplyError ? err.cause : err;
       } finally {
@@ -454,6 +472,8 @@ export class Applier {
         this.#failures.clear();
         return stats;
       } catch (err) {
+        // Not even a ROLLBACK: it would wait behind a statement still running on the server.
+        if (sessionLost(err)) throw err instanceof TableApplyError ? err.cause : err;
         // The one statement is a transaction of its own: nothing to roll back.
         if (!oneStatement) await this.#o.db.query('ROLLBACK').catch(() => {});
         if (attempt >= this.#maxAttempts * 4) throw err;
@@ -503,7 +523,7 @@ export class Applier {
       await this.#applyChanges(changes, stats);
       return stats;
     } catch (err) {
-      await this.#o.db.query('ROLLBACK').catch(() => {});
+      if (!sessionLost(err)) await this.#o.db.query('ROLLBACK').catch(() => {});
       this.#open = false;
       if (err instanceof TableApplyError && isTableError(err)) {
         this.#countFailure(err);

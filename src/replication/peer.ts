@@ -18,7 +18,7 @@ import pg from 'pg';
 import { BaseService, sleep } from '../core/lifecycle.ts';
 import { TandemError, toError } from '../core/errors.ts';
 import type { Logger } from '../core/log.ts';
-import { pgClientConfig } from '../core/pg.ts';
+import { closeClient, destroySocket, pgClientConfig } from '../core/pg.ts';
 import { tableKey } from '../core/sql.ts';
 import type { PgConnectionConfig } from '../core/config/common.ts';
 import { DEFAULT_BATCH_WAIT_MS } from '../core/config/replication.ts';
@@ -96,6 +96,9 @@ export interface PeerPipelineOptions {
   stream?: { statusIntervalMs?: number; receiveTimeoutMs?: number };
   events?: { onPause?(p: PausedTable): void; onResume?(table: string, replayed: number): void };
 }
+
+/** How long a stopping pipeline lets a batch in flight (or a closing connection) finish before dropping the socket. */
+const STOP_GRACE_MS = 2_000;
 
 /** Streams one peer into this region, forever, until stopped. */
 export class PeerPipeline extends BaseService {
@@ -253,7 +256,7 @@ export class PeerPipeline extends BaseService {
         this.#queue?.close();
         await stream?.stop().catch(() => {});
         this.#stream = undefined;
-        if (db) await closeClient(db);
+        if (db) await closeClient(db, STOP_GRACE_MS);
       }
       if (signal.aborted) break;
       this.#reconnects++;
@@ -271,13 +274,13 @@ export class PeerPipeline extends BaseService {
 
   /** The apply session: this region's database, with a client-side deadline on every statement. */
   async #connectTarget(): Promise<pg.Client> {
-    const config = pgClientConfig(this.#o.target, { applicationName: `tandem-apply-${this.#o.peer}` }, `${this.#o.localRegion} database`);
-    const db = new pg.Client({ ...config, query_timeout: this.#o.applyTimeoutMs ?? 60_000 } as pg.ClientConfig);
+    const extras = { applicationName: `tandem-apply-${this.#o.peer}`, queryTimeoutMs: this.#o.applyTimeoutMs ?? 60_000 };
+    const db = new pg.Client(pgClientConfig(this.#o.target, extras, `${this.#o.localRegion} database`));
     db.on('error', (err) => this.#log.debug({ err: err.message }, 'target connection error'));
     try {
       await db.connect();
     } catch (cause) {
-      await closeClient(db);
+      await closeClient(db, STOP_GRACE_MS);
       throw new TandemError('TANDEM_ERR_REPLICATION', `cannot connect to ${this.#o.localRegion}'s database at ${this.#o.target.host}:${this.#o.target.port}: ${(cause as Error).message}`, { cause });
     }
     return db;
@@ -295,7 +298,12 @@ export class PeerPipeline extends BaseService {
       queue.close(toError(err));
       void stream.stop().catch(() => {});
     };
-    const onAbort = () => fail(signal.reason);
+    let graceTimer: NodeJS.Timeout | undefined;
+    const onAbort = () => {
+      fail(signal.reason);
+      // A batch in flight may still commit; a target that hangs does not hold the stop up to applyTimeoutSec.
+      graceTimer = setTimeout(() => destroySocket(db), STOP_GRACE_MS);
+    };
     signal.addEventListener('abort', onAbort, { once: true });
 
     const reader = (async () => {
@@ -460,6 +468,7 @@ export class PeerPipeline extends BaseService {
       if (failed && !signal.aborted) throw failed.reason;
     } finally {
       clearInterval(recheckTimer);
+      clearTimeout(graceTimer);
       signal.removeEventListener('abort', onAbort);
       void db;
     }
@@ -541,17 +550,6 @@ export class PeerPipeline extends BaseService {
     const written = this.#walEnd !== undefined && this.#walEnd > this.#acked ? this.#walEnd : this.#acked;
     stream.sendStatus({ written, flushed: this.#acked, applied: this.#acked });
   }
-}
-
-/** End a client without waiting forever on a connection that is stuck: destroy its socket after 2 s. */
-async function closeClient(db: pg.Client): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const ended = db.end().catch(() => {});
-  const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), 2_000)));
-  if ((await Promise.race([ended, timedOut])) === 'timeout') {
-    (db as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
-  }
-  clearTimeout(timer);
 }
 
 /** Parse a heartbeat's JSON (`{region, at}` with `at` in Unix µs or ISO); undefined when malformed. */

@@ -56,6 +56,13 @@ test('fill waits for a whole batch, and no longer than its time', async () => {
   assert.ok(partial >= 75, `a few transactions do not end the wait early, waited ${partial.toFixed(1)} ms`);
 });
 
+test('a queue closed with an error hands out nothing more, also what is still queued', async () => {
+  const q = new UnitQueue(100, 100);
+  q.push(txn(1, 1n));
+  q.close(new Error('agent stopping'));
+  await assert.rejects(q.take(10, 100), /agent stopping/);
+});
+
 test('fill returns when the queue is closed, and then take reports the failure', async () => {
   const q = new UnitQueue(100, 100);
   setTimeout(() => q.close(new Error('stream lost')), 20);

@@ -88,9 +88,12 @@ export class UnitQueue {
 
   /**
    * Take a batch: every queued unit up to the limits (at least one), or a
-   * single chunk of a spilled transaction. Resolves `undefined` when closed.
+   * single chunk of a spilled transaction. Resolves `undefined` when closed
+   * cleanly and empty; rejects at once when closed with an error.
    */
   async take(maxTxns: number, maxRows: number): Promise<Unit[] | undefined> {
+    // Failed (or stopped): what is still queued was never acknowledged and is streamed again next session.
+    if (this.#closed) throw this.#closed;
     while (this.length === 0) {
       if (this.#closed !== undefined) {
         if (this.#closed) throw this.#closed;
