@@ -15,6 +15,7 @@ import { freePort } from '../../test/helpers/ports.ts';
 import { tandem } from '../../test/helpers/lab.ts';
 import { parseConfig, type Config } from '../core/config/index.ts';
 import { silentLogger } from '../core/log.ts';
+import { createRegistry } from '../core/metrics.ts';
 import { callApi } from '../core/http.ts';
 import { isTandemError } from '../core/errors.ts';
 import { SCHEMA_DDL } from '../replication/schema.ts';
@@ -22,6 +23,7 @@ import { DnsDaemon } from '../dns/daemon.ts';
 import { queryA } from '../dns/client.ts';
 import { Controller } from './controller.ts';
 import { databaseLagReader } from './daemon.ts';
+import { WanProxy, WanState } from '../lab/wan.ts';
 
 const TOKEN = 'controller-test-token';
 const INTERVAL = 200;
@@ -265,4 +267,42 @@ test('a drain and a failback in quick succession leave the region in DNS answers
   await new Promise((r) => setTimeout(r, 1_000));
   assert.ok(undrainedEverywhere('west'), 'still in answers a second later');
   assert.equal(controllers[0]!.status().regions.find((r) => r.name === 'west')?.phase, 'serving');
+});
+
+test('a lag read over a path that went silent gives up within its deadline instead of holding the tick', async () => {
+  // West's database behind a WAN proxy; the partition holds every byte, as a black-holed cloud path does.
+  const state = new WanState();
+  const host = '127.0.2.1';
+  const port = await freePort(host);
+  const proxy = new WanProxy({ region: 'west', listen: { host, port }, upstream: { host, port: cluster.servers[1]!.options.port }, state, regionOf: () => 'south' });
+  await proxy.start();
+  const south = config.regions[0]!;
+  const west = { ...config.regions[1]!, database: { ...config.regions[1]!.database, port } };
+  const reader = databaseLagReader(config, south);
+  try {
+    const before = await reader(west);
+    assert.ok(before && 'south' in before, `read through the proxy: ${JSON.stringify(before)}`);
+    state.partition('south', 'west');
+    const t0 = performance.now();
+    const timedOut = Symbol('still waiting');
+    const during = await Promise.race([reader(west), new Promise((r) => setTimeout(() => r(timedOut), 10_000))]);
+    const ms = performance.now() - t0;
+    assert.notEqual(during, timedOut, 'the read is still waiting after 10 s');
+    assert.equal(during, undefined, 'no lag while the path is silent');
+    assert.ok(ms < 5_000, `gave up after ${ms.toFixed(0)} ms`);
+  } finally {
+    state.heal();
+    await reader.close();
+    await proxy.stop();
+  }
+});
+
+test('an audit log that cannot be written (disk full) is logged and counted; the command still gets its own answer', async () => {
+  const full = { ...config, control: { ...config.control, auditLog: '/dev/full' } };
+  const registry = createRegistry('control', 'south', false);
+  const c = new Controller({ config: full, region: 'south', token: TOKEN, logger: silentLogger(), registry, lag: async () => undefined });
+  // Not started: no leader and no observation yet, so draining is refused by the safety rule, and that refusal is audited.
+  await assert.rejects(c.failover({ region: 'west' }, 'alice'), (err: unknown) => isTandemError(err, 'TANDEM_ERR_SAFETY'));
+  const metric = await registry.getSingleMetric('tandem_control_audit_write_errors_total')!.get();
+  assert.equal(metric.values[0]?.value, 1);
 });

@@ -18,7 +18,7 @@ import type { Config, RegionConfig } from '../core/config/index.ts';
 import { ApiServer, callApi, type Route } from '../core/http.ts';
 import { WebhookNotifier } from '../core/notify.ts';
 import { AuditLog, type AuditEntry } from './audit.ts';
-import { Runbook, inRotation, type Observation, type PeerLagObservation, type RegionObservation, type RunbookEvent } from './runbook.ts';
+import { Runbook, inRotation, quorumSince, type Observation, type PeerLagObservation, type RegionObservation, type RunbookEvent } from './runbook.ts';
 import { statusPage } from './page.ts';
 
 /** A region's replication from each peer: seconds behind, and the source commit time (ms) of the last change applied. */
@@ -85,6 +85,8 @@ export class Controller extends BaseService {
   readonly #o: ControllerOptions;
   readonly #log: Logger;
   readonly #runbook: Runbook;
+  /** Unhealthy votes that confirm a failure. */
+  readonly #quorum: number;
   readonly #audit: AuditLog;
   readonly #notifier: WebhookNotifier;
   readonly #me: RegionConfig;
@@ -105,7 +107,7 @@ export class Controller extends BaseService {
   /** Undrains that did not reach every DNS server yet. */
   #pendingUndrain = new Set<string>();
   #ops: Promise<unknown> = Promise.resolve();
-  readonly #metrics: { phase: Gauge; leader: Gauge; failovers: Counter; failoverSeconds: Histogram } | undefined;
+  readonly #metrics: { phase: Gauge; leader: Gauge; failovers: Counter; auditErrors: Counter; failoverSeconds: Histogram } | undefined;
 
   constructor(o: ControllerOptions) {
     super();
@@ -117,9 +119,10 @@ export class Controller extends BaseService {
     this.#me = me;
     const c = o.config.control;
     const n = o.config.regions.length;
+    this.#quorum = c.quorum ?? Math.min(2, n);
     this.#runbook = new Runbook(
       o.config.regions.map((r) => r.name),
-      { ...c, quorum: c.quorum ?? Math.min(2, n) },
+      { ...c, quorum: this.#quorum },
       `controller:${o.region}`,
     );
     this.#audit = new AuditLog(c.auditLog ?? path.join(o.config.dataDir, `control-${o.region}-audit.jsonl`));
@@ -130,6 +133,7 @@ export class Controller extends BaseService {
         phase: new Gauge({ name: 'tandem_control_region_phase', help: 'Runbook phase of each region (1 for the current phase)', labelNames: ['target', 'phase'], registers }),
         leader: new Gauge({ name: 'tandem_control_is_leader', help: '1 when this controller leads', registers }),
         failovers: new Counter({ name: 'tandem_control_failovers_total', help: 'Regions drained from DNS, by who', labelNames: ['target', 'by'], registers }),
+        auditErrors: new Counter({ name: 'tandem_control_audit_write_errors_total', help: 'Audit entries that could not be written (they are in the error log)', registers }),
         failoverSeconds: new Histogram({
           name: 'tandem_control_failover_seconds',
           help: 'Time from detection to the drain in DNS',
@@ -229,7 +233,7 @@ export class Controller extends BaseService {
   #votes(target: string): RegionObservation {
     let votesUnhealthy = 0;
     let votesHealthy = 0;
-    let unhealthySince: number | undefined;
+    const sinces: number[] = [];
     for (const [vantage, view] of this.#dnsViews) {
       if (view instanceof Error) {
         // A region's own DNS server not answering is a vote against the region, once it has
@@ -243,11 +247,12 @@ export class Controller extends BaseService {
       if (h.state === 'unhealthy') {
         votesUnhealthy++;
         const since = Date.parse(h.since);
-        if (!Number.isNaN(since)) unhealthySince = Math.min(unhealthySince ?? since, since);
+        if (!Number.isNaN(since)) sinces.push(since);
       } else {
         votesHealthy++;
       }
     }
+    const unhealthySince = quorumSince(sinces, this.#quorum);
     return { name: target, votesUnhealthy, votesHealthy, ...(unhealthySince !== undefined ? { unhealthySince } : {}) };
   }
 
@@ -375,6 +380,19 @@ export class Controller extends BaseService {
     }
   }
 
+  /**
+   * Append to the audit log; a write that fails (disk full) is logged with the whole entry and counted, and
+   * the step goes on: the remaining events still get logged, notified and enforced.
+   */
+  #appendAudit(entry: AuditEntry): void {
+    try {
+      this.#audit.append(entry);
+    } catch (err) {
+      this.#metrics?.auditErrors.inc();
+      this.#log.error({ err: (err as Error).message, entry }, `cannot write the audit log ${this.#audit.file}`);
+    }
+  }
+
   #record(e: RunbookEvent, leading: boolean): void {
     this.#events.push(e);
     if (this.#events.length > 500) this.#events.splice(0, this.#events.length - 500);
@@ -390,7 +408,7 @@ export class Controller extends BaseService {
       if (f?.drainedAt && !manual) this.#metrics?.failoverSeconds.observe((f.drainedAt - f.detectedAt) / 1000);
     }
     if (AUDITED.includes(e.kind) || manual) {
-      this.#audit.append({ at: new Date(e.at).toISOString(), actor: e.actor, action: e.kind, region: e.region, reason: e.message, ...(e.details ? { details: e.details } : {}) });
+      this.#appendAudit({ at: new Date(e.at).toISOString(), actor: e.actor, action: e.kind, region: e.region, reason: e.message, ...(e.details ? { details: e.details } : {}) });
     }
     if (NOTIFIED.includes(e.kind)) {
       const f = this.#runbook.regions.get(e.region)?.failure;
@@ -443,7 +461,7 @@ export class Controller extends BaseService {
       try {
         event = act();
       } catch (err) {
-        this.#audit.append({ at: new Date().toISOString(), actor, action: `${what}-refused`, region: body.region, reason: (err as Error).message });
+        this.#appendAudit({ at: new Date().toISOString(), actor, action: `${what}-refused`, region: body.region, reason: (err as Error).message });
         throw err;
       }
       this.#record(event, true);

@@ -7,23 +7,27 @@ import type pg from 'pg';
 import { regionByName, localDatabase, type Config, type RegionConfig } from '../core/config/index.ts';
 import { createLogger } from '../core/log.ts';
 import { createRegistry } from '../core/metrics.ts';
-import { connectClient } from '../core/pg.ts';
+import { closeClient, connectClient } from '../core/pg.ts';
 import { readSecret } from '../core/secrets.ts';
 import { readLag } from '../replication/status.ts';
 import { Controller, type LagReader } from './controller.ts';
+
+/** Client-side deadline of one lag read (ms). */
+const LAG_READ_TIMEOUT_MS = 2_500;
 
 /** A lag reader with one cached connection per region (reconnecting after errors). */
 export function databaseLagReader(config: Config, me: RegionConfig): LagReader & { close(): Promise<void> } {
   const clients = new Map<string, Promise<pg.Client>>();
   const connect = (r: RegionConfig) => {
     const own = r.name === me.name;
-    const p = connectClient(own ? localDatabase(r) : r.database, { bindAddress: own ? undefined : me.bindAddress, applicationName: `tandem-control-${me.name}` }, `regions[${r.name}].database`).then(
-      async (c) => {
-        c.on('error', () => clients.delete(r.name));
-        await c.query("SET statement_timeout = '2s'");
-        return c;
-      },
-    );
+    // A client-side deadline too: statement_timeout never starts for a query that a silent path never delivers,
+    // and one stuck read would hold up the whole tick (runbook, DNS enforcement, operator commands, stop).
+    const extras = { bindAddress: own ? undefined : me.bindAddress, applicationName: `tandem-control-${me.name}`, queryTimeoutMs: LAG_READ_TIMEOUT_MS };
+    const p = connectClient(own ? localDatabase(r) : r.database, extras, `regions[${r.name}].database`).then(async (c) => {
+      c.on('error', () => clients.delete(r.name));
+      await c.query("SET statement_timeout = '2s'");
+      return c;
+    });
     clients.set(r.name, p);
     p.catch(() => clients.delete(r.name));
     return p;
@@ -37,13 +41,13 @@ export function databaseLagReader(config: Config, me: RegionConfig): LagReader &
     } catch {
       const c = clients.get(r.name);
       clients.delete(r.name);
-      void c?.then((x) => x.end()).catch(() => {});
+      void c?.then((x) => closeClient(x, 500)).catch(() => {});
       return undefined;
     }
   };
   return Object.assign(reader, {
     async close() {
-      await Promise.all([...clients.values()].map((p) => p.then((c) => c.end()).catch(() => {})));
+      await Promise.all([...clients.values()].map((p) => p.then((c) => closeClient(c, 500)).catch(() => {})));
     },
   });
 }

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Runbook, type RegionObservation, type RunbookConfig } from './runbook.ts';
+import { Runbook, quorumSince, type RegionObservation, type RunbookConfig } from './runbook.ts';
 import { isTandemError } from '../core/errors.ts';
 
 const cfg: RunbookConfig = { autoDrain: true, autoFailback: true, readinessLagSec: 2, waitPeriodSec: 10, rpoSec: 5, rpoBreach: 'proceed', quorum: 2 };
@@ -131,4 +131,59 @@ test('cutover check uses the lag just before the failure, not the lag that grows
   const ev2 = rb2.step(observe(T0 + 10_000, { a: down(T0 + 9_000), b: { lagFrom: { a: { lagSec: 8, sourceCommitAt: T0 + 2_000 } } } }));
   assert.deepEqual(ev2.map((e) => e.kind), ['confirmed', 'rpo-breach', 'drained']);
   assert.equal(rb2.regions.get('a')!.failure!.rpoExposureSec!.b, 7);
+});
+
+test('cutover check waits for survivors: no check while none is serving, then it runs (hold waits for an operator)', () => {
+  const rb = new Runbook(['a', 'b'], { ...cfg, rpoBreach: 'hold' }, 'c', T0);
+  // a confirmed failed while b has one unhealthy vote: no survivor, nothing drained, no cutover check yet.
+  const ev1 = rb.step(observe(T0 + 1000, { a: down(T0), b: { votesUnhealthy: 1, votesHealthy: 1 } }));
+  assert.deepEqual(ev1.map((e) => `${e.region}:${e.kind}`), ['a:confirmed', 'a:drain-refused', 'b:suspect']);
+  assert.equal(rb.regions.get('a')!.failure!.rpoExposureSec, undefined);
+  // b healthy again but an hour behind a: the check runs now, and hold keeps a in DNS for the operator.
+  const ev2 = rb.step(observe(T0 + 2000, { a: down(T0), b: { lagFrom: { a: { lagSec: 3600, sourceCommitAt: T0 - 3_600_000 } } } }));
+  assert.deepEqual(ev2.map((e) => `${e.region}:${e.kind}`), ['a:rpo-breach', 'a:awaiting-operator', 'b:cleared']);
+  assert.equal(rb.drainedSet().size, 0);
+  assert.deepEqual(rb.step(observe(T0 + 3000, { a: down(T0), b: { lagFrom: { a: { lagSec: 3600, sourceCommitAt: T0 - 3_600_000 } } } })), [], 'said once');
+});
+
+test('a survivor whose lag cannot be read is a breach until it can: hold waits, the operator needs --force', () => {
+  const rb = new Runbook(['a', 'b'], { ...cfg, rpoBreach: 'hold' }, 'c', T0);
+  const blind = observe(T0 + 1000, { a: down(T0), b: { lagFrom: undefined } });
+  const ev = rb.step(blind);
+  assert.deepEqual(ev.map((e) => e.kind), ['confirmed', 'rpo-breach', 'awaiting-operator']);
+  assert.match(ev[1]!.message, /cannot read how far b is behind a/);
+  assert.equal(rb.drainedSet().size, 0);
+  assert.deepEqual(rb.step({ ...blind, now: T0 + 2000 }), [], 'the unknown is said once');
+  assert.throws(() => rb.manualDrain('a', blind, { actor: 'alice' }), (e: unknown) => isTandemError(e, 'TANDEM_ERR_RPO') && /how far b is behind it cannot be read/.test(e.message));
+  // Once b's lag is known and small, the check passes and a is drained.
+  const ev3 = rb.step(observe(T0 + 3000, { a: down(T0), b: { lagFrom: { a: { lagSec: 0.5, sourceCommitAt: T0 - 500 } } } }));
+  assert.deepEqual(ev3.map((e) => e.kind), ['drained']);
+  assert.deepEqual(rb.regions.get('a')!.failure!.rpoExposureSec, { b: 0.5 });
+});
+
+test('automatic failback needs every vantage point to see the region healthy', () => {
+  const rb = new Runbook(['a', 'b'], cfg, 'c', T0);
+  rb.step(observe(T0 + 1000, { a: down(T0) }));
+  rb.step(observe(T0 + 20_000));
+  assert.equal(rb.regions.get('a')!.phase, 'recovering');
+  // Caught up, wait period over, but one vantage point still sees it unhealthy: stays drained.
+  for (let t = 21_000; t < 30_000; t += 1000) rb.step(observe(T0 + t, { a: { votesUnhealthy: 1, votesHealthy: 1 } }));
+  assert.deepEqual([...rb.drainedSet()], ['a']);
+  const ev = rb.step(observe(T0 + 31_000));
+  assert.deepEqual(ev.map((e) => e.kind), ['ready', 'failed-back']);
+});
+
+test('a failure is dated when the quorum of vantage points agreed, not by the earliest report', () => {
+  const day = 86_400_000;
+  // One vantage point has reported the region unhealthy for a day; the second report (the quorum of 2) is today's.
+  assert.equal(quorumSince([T0 + day + 500, T0, T0 + day + 900], 2), T0 + day + 500);
+  assert.equal(quorumSince([T0 + 5, T0 + 1], 1), T0 + 1);
+  // Fewer dated reports than the quorum: the latest of them.
+  assert.equal(quorumSince([T0 + 7], 2), T0 + 7);
+  assert.equal(quorumSince([], 2), undefined);
+  // With the quorum-th date, b's hour of lag shows in the cutover check.
+  const rb = new Runbook(['a', 'b', 'c'], { ...cfg, rpoBreach: 'hold' }, 'ctl', T0);
+  const at = T0 + day + 500;
+  const ev = rb.step(observe(at + 1000, { a: down(quorumSince([T0, at], 2)!), b: { lagFrom: { a: { lagSec: 3600, sourceCommitAt: at - 3_600_000 } } } }, ['a', 'b', 'c']));
+  assert.ok(ev.some((e) => e.kind === 'rpo-breach'), ev.map((e) => e.kind).join());
 });

@@ -27,7 +27,7 @@ export interface RegionObservation {
   votesUnhealthy: number;
   /** Vantage points that see it healthy (or not yet probed). */
   votesHealthy: number;
-  /** Earliest time (ms) a vantage point saw it go unhealthy. */
+  /** When (ms) enough vantage points to confirm a failure had seen it unhealthy (the quorum-th earliest report). */
   unhealthySince?: number;
   /** This region's replication from each peer: seconds behind, and the source commit time (ms) of the last change applied. Absent when its database cannot be read. */
   lagFrom?: Record<string, PeerLagObservation>;
@@ -67,6 +67,10 @@ export interface RegionRunbook {
     /** Per survivor: seconds of this region's writes it may miss (failure time − last applied commit from it). */
     rpoExposureSec?: Record<string, number>;
     rpoBreached?: boolean;
+    /** Survivors whose lag behind this region could not be read at the cutover check (said once). */
+    rpoUnknown?: string[];
+    /** The runbook waits for an operator; said once. */
+    awaitingOperator?: boolean;
     /** The safety rule kept it in DNS (it was the last serving region); said once. */
     drainRefused?: boolean;
     recoveredAt?: number;
@@ -105,6 +109,18 @@ export type RunbookConfig = Pick<ControlConfig, 'autoDrain' | 'autoFailback' | '
 };
 
 /** True when the region is in DNS answers (as far as the runbook decides). */
+/**
+ * When a failure was confirmed, from the times (ms) vantage points reported the region unhealthy: the
+ * quorum-th earliest. One vantage point that has seen it unhealthy for a day (a broken probe path) must not
+ * date a failure of today back to yesterday, which would hide the survivors' lag from the cutover check.
+ * With fewer dated reports than the quorum (a vote without a time), the latest of them.
+ */
+export function quorumSince(sinces: readonly number[], quorum: number): number | undefined {
+  if (sinces.length === 0) return undefined;
+  const sorted = [...sinces].sort((a, b) => a - b);
+  return sorted[Math.min(Math.max(1, quorum), sorted.length) - 1];
+}
+
 export function inRotation(r: RegionRunbook): boolean {
   return r.phase === 'serving' || r.phase === 'suspect' || r.phase === 'failed';
 }
@@ -157,15 +173,16 @@ export class Runbook {
    * from the failed region just before the failure when the controller saw it,
    * else the failure time − the last change it applied from there.
    */
-  #rpoExposure(failed: string, at: number, obs: Map<string, RegionObservation>, survivors: string[]): Record<string, number> {
-    const out: Record<string, number> = {};
+  #rpoExposure(failed: string, at: number, obs: Map<string, RegionObservation>, survivors: string[]): { exposure: Record<string, number>; unknown: string[] } {
+    const exposure: Record<string, number> = {};
+    const unknown: string[] = [];
     for (const s of survivors) {
       const lag = obs.get(s)?.lagFrom?.[failed];
-      if (!lag) continue;
-      if (lag.lagBeforeFailureSec !== undefined) out[s] = lag.lagBeforeFailureSec;
-      else out[s] = lag.sourceCommitAt === undefined ? lag.lagSec : Math.max(0, (at - lag.sourceCommitAt) / 1000);
+      if (!lag) unknown.push(s);
+      else if (lag.lagBeforeFailureSec !== undefined) exposure[s] = lag.lagBeforeFailureSec;
+      else exposure[s] = lag.sourceCommitAt === undefined ? lag.lagSec : Math.max(0, (at - lag.sourceCommitAt) / 1000);
     }
-    return out;
+    return { exposure, unknown };
   }
 
   /** Seconds behind `from` for region `to` (undefined when unknown). */
@@ -227,6 +244,8 @@ export class Runbook {
             ev(r, 'relapsed', 'warning', `${r.name} failed again while recovering; it stays drained`);
             break;
           }
+          // Back only when healthy from every vantage point (as a manual failback requires), not merely below the quorum.
+          if (!this.#healthy(o)) break;
           const peers = [...this.regions.keys()].filter((n) => n !== r.name);
           const lags = Object.fromEntries(peers.map((p) => [p, this.#lag(r.name, p, obs)]));
           const ready = peers.every((p) => lags[p] !== undefined && lags[p]! <= this.#cfg.readinessLagSec);
@@ -272,25 +291,30 @@ export class Runbook {
   ): void {
     const survivors = this.#otherServing(r.name, obs);
     const f = r.failure!;
-    if (f.rpoExposureSec === undefined) {
-      f.rpoExposureSec = this.#rpoExposure(r.name, f.detectedAt, obs, survivors);
-      const worst = Math.max(0, ...Object.values(f.rpoExposureSec));
-      f.rpoBreached = worst > this.#cfg.rpoSec;
-      if (f.rpoBreached) {
-        ev(r, 'rpo-breach', 'critical', `cutover check: survivors may miss up to ${worst.toFixed(1)} s of ${r.name}'s writes, above the RPO of ${this.#cfg.rpoSec} s`, {
-          rpoExposureSec: f.rpoExposureSec,
-          policy: this.#cfg.rpoBreach,
-        });
-      }
-    }
     if (survivors.length === 0) {
-      // Never drain the last serving region: DNS fails open instead.
+      // Never drain the last serving region: DNS fails open instead. The cutover check waits for survivors.
       if (!f.drainRefused) ev(r, 'drain-refused', 'critical', `not draining ${r.name}: no other region is serving (safety rule); DNS fails open`);
       f.drainRefused = true;
       return;
     }
+    if (f.rpoExposureSec === undefined) {
+      const { exposure, unknown } = this.#rpoExposure(r.name, f.detectedAt, obs, survivors);
+      const worst = Math.max(0, ...Object.values(exposure));
+      // A survivor whose lag cannot be read may be any distance behind: a breach until it is known.
+      f.rpoBreached = worst > this.#cfg.rpoSec || unknown.length > 0;
+      // Kept once complete (or when nothing will wait for it); else checked again next round.
+      if (unknown.length === 0 || this.#cfg.rpoBreach === 'proceed') f.rpoExposureSec = exposure;
+      const details = { rpoExposureSec: exposure, ...(unknown.length ? { unknown } : {}), policy: this.#cfg.rpoBreach };
+      if (unknown.length > 0 && f.rpoUnknown?.join() !== unknown.join()) {
+        ev(r, 'rpo-breach', 'critical', `cutover check: cannot read how far ${unknown.join(', ')} ${unknown.length === 1 ? 'is' : 'are'} behind ${r.name}; treated as above the RPO of ${this.#cfg.rpoSec} s`, details);
+      } else if (unknown.length === 0 && worst > this.#cfg.rpoSec) {
+        ev(r, 'rpo-breach', 'critical', `cutover check: survivors may miss up to ${worst.toFixed(1)} s of ${r.name}'s writes, above the RPO of ${this.#cfg.rpoSec} s`, details);
+      }
+      f.rpoUnknown = unknown;
+    }
     if (!this.#cfg.autoDrain || (f.rpoBreached && this.#cfg.rpoBreach === 'hold')) {
-      if (r.phase === 'failed' && r.since === now) ev(r, 'awaiting-operator', 'critical', `${r.name} failed; waiting for an operator to run \`tandem failover --drain ${r.name}\``);
+      if (r.phase === 'failed' && !f.awaitingOperator) ev(r, 'awaiting-operator', 'critical', `${r.name} failed; waiting for an operator to run \`tandem failover --drain ${r.name}\``);
+      f.awaitingOperator = true;
       return;
     }
     if (!waitOver(r)) return;
@@ -312,12 +336,13 @@ export class Runbook {
     // Lag of the targets behind the region being drained: at its failure time if it failed, else now.
     const o = obs.get(name);
     const at = o && this.#confirmedFailed(o) ? (o.unhealthySince ?? now) : now;
-    const exposure = this.#rpoExposure(name, at, obs, survivors);
-    const lagging = Object.entries(exposure).filter(([, sec]) => sec > this.#cfg.rpoSec);
+    const { exposure, unknown } = this.#rpoExposure(name, at, obs, survivors);
+    // A survivor whose lag cannot be read counts as lagging: its loss is unknown.
+    const lagging = [...Object.entries(exposure).filter(([, sec]) => sec > this.#cfg.rpoSec), ...unknown.map((s) => [s, Infinity] as [string, number])];
     if (survivors.length > 0 && lagging.length === survivors.length && !opts.force) {
       throw new TandemError(
         'TANDEM_ERR_RPO',
-        `refusing to fail over from ${name}: ${lagging.map(([s, sec]) => `${s} is ${sec.toFixed(1)} s behind it`).join(', ')}, above the RPO of ${this.#cfg.rpoSec} s (use --force to accept the loss)`,
+        `refusing to fail over from ${name}: ${lagging.map(([s, sec]) => (sec === Infinity ? `how far ${s} is behind it cannot be read` : `${s} is ${sec.toFixed(1)} s behind it`)).join(', ')}, above the RPO of ${this.#cfg.rpoSec} s (use --force to accept the loss)`,
       );
     }
     Object.assign(r, { phase: 'drained', since: now, drainedBy: 'operator' });

@@ -213,7 +213,7 @@ function isTableError(err: TableApplyError): boolean {
  * statement may still be running, and commit), the connection broke, or the server is shutting down.
  * Nothing more may be sent on it; the pipeline drops it and resumes from the committed progress.
  */
-export function sessionLost(err: unknown): boolean {
+function sessionLost(err: unknown): boolean {
   const e = (err instanceof TableApplyError ? err.cause : err) as { code?: unknown; message?: unknown };
   const code = typeof e?.code === 'string' ? e.code : '';
   const message = typeof e?.message === 'string' ? e.message : '';
