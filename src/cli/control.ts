@@ -33,7 +33,7 @@ async function operatorAction(cmd: Command, what: 'failover' | 'failback', regio
   const { url, status } = await anyControllerStatus(config);
   const leader = config.regions.find((r) => r.name === status.leader)?.control;
   const target = leader ? `http://${leader.listen.host}:${leader.listen.port}` : url;
-  const event = await callApi<{ message: string }>(`${target}/v1/${what}`, {
+  const event = await callApi<{ message: string; details?: { dnsErrors?: Record<string, string> } }>(`${target}/v1/${what}`, {
     method: 'POST',
     token: adminToken(config),
     body: { region, force: Boolean(o.force), reason: o.reason },
@@ -41,6 +41,8 @@ async function operatorAction(cmd: Command, what: 'failover' | 'failback', regio
     timeoutMs: 15_000,
   });
   output(Boolean(o.json), event, () => event.message);
+  // Decided, but not (yet) in effect on every DNS server: not a success to script on.
+  if (event.details?.dnsErrors && Object.keys(event.details.dnsErrors).length > 0) process.exitCode = 1;
 }
 
 export function register(program: Command): void {

@@ -49,6 +49,14 @@ export interface ControllerOptions {
   tickMs?: number;
 }
 
+/** A DNS admin call of the controller's enforcement that failed. */
+interface DnsCallFailure {
+  server: string;
+  target: string;
+  action: 'drain' | 'undrain';
+  error: string;
+}
+
 /** What `GET /v1/status` returns. */
 export interface ControllerStatus {
   region: string;
@@ -324,20 +332,26 @@ export class Controller extends BaseService {
       // The controller tags its drains "auto" or "operator"; a drain made straight on the DNS servers is an operator's.
       const by = drained.some((e) => AUTO_DRAIN.test(e.drainReason ?? '')) ? 'auto' : 'operator';
       if (inRotation(rb)) {
+        // Not a region being failed back: its DNS servers still say drained until the undrain gets through.
+        if (this.#pendingUndrain.has(name)) continue;
         const adopt = leading ? (takingOver && drained.length > 0) || (drained.length === entries.length && by === 'operator') : drained.length > 0;
         if (adopt) this.#runbook.adoptDrained(name, by);
       } else if (!leading && drained.length === 0) {
         Object.assign(rb, { phase: 'serving', since: Date.now() });
         delete rb.drainedBy;
+        delete rb.drainForced;
       }
     }
   }
 
-  /** Make every reachable DNS server match the runbook: drained regions drained; failed-back ones undrained. */
-  async #enforce(): Promise<void> {
+  /**
+   * Make every reachable DNS server match the runbook: drained regions drained; failed-back ones undrained.
+   * Returns the calls that failed (retried next tick).
+   */
+  async #enforce(): Promise<DnsCallFailure[]> {
     const drained = this.#runbook.drainedSet();
     const cfg = this.#o.config;
-    const tasks: Promise<void>[] = [];
+    const tasks: Promise<DnsCallFailure | undefined>[] = [];
     for (const target of cfg.regions) {
       const want = drained.has(target.name);
       const state = this.#dnsDrained(target.name);
@@ -352,17 +366,18 @@ export class Controller extends BaseService {
         this.#pendingUndrain.delete(target.name);
       }
     }
-    await Promise.all(tasks);
+    return (await Promise.all(tasks)).filter((f) => f !== undefined);
   }
 
-  async #dnsCall(server: RegionConfig, target: string, action: 'drain' | 'undrain'): Promise<void> {
+  async #dnsCall(server: RegionConfig, target: string, action: 'drain' | 'undrain'): Promise<DnsCallFailure | undefined> {
     const rb = this.#runbook.regions.get(target)!;
     const reason = `${CONTROLLER_REASON} (${this.#o.region}): ${rb.drainedBy === 'operator' ? 'operator' : 'auto'}: ${target} ${rb.phase}`;
     try {
       await callApi(`http://${hostPort(server.dns!.admin)}/v1/regions/${encodeURIComponent(target)}/${action}`, {
         method: 'POST',
         token: this.#o.token,
-        body: action === 'drain' ? { reason } : {},
+        // An operator's --force past the last-serving-region rule must pass the DNS server's own check too.
+        body: action === 'drain' ? { reason, ...(rb.drainForced ? { force: true } : {}) } : {},
         actor: `controller:${this.#o.region}`,
         timeoutMs: 2_000,
       });
@@ -375,8 +390,10 @@ export class Controller extends BaseService {
         if (action === 'drain') entry.drainReason = reason;
         else delete entry.drainReason;
       }
+      return undefined;
     } catch (err) {
       this.#log.warn({ err, server: server.name, target, action }, 'DNS admin call failed; retrying next tick');
+      return { server: server.name, target, action, error: (err as Error).message };
     }
   }
 
@@ -465,8 +482,14 @@ export class Controller extends BaseService {
         throw err;
       }
       this.#record(event, true);
-      await this.#enforce();
-      return event;
+      // The answer says whether DNS follows: a decision the DNS servers refused or missed is not done yet.
+      const failed = (await this.#enforce()).filter((f) => f.target === body.region);
+      if (failed.length === 0) return event;
+      return {
+        ...event,
+        message: `${event.message}; not yet in effect on the DNS server(s) of ${failed.map((f) => `${f.server} (${f.error})`).join(', ')}; the leader retries every tick`,
+        details: { ...event.details, dnsErrors: Object.fromEntries(failed.map((f) => [f.server, f.error])) },
+      };
     });
   }
 

@@ -187,3 +187,14 @@ test('a failure is dated when the quorum of vantage points agreed, not by the ea
   const ev = rb.step(observe(at + 1000, { a: down(quorumSince([T0, at], 2)!), b: { lagFrom: { a: { lagSec: 3600, sourceCommitAt: at - 3_600_000 } } } }, ['a', 'b', 'c']));
   assert.ok(ev.some((e) => e.kind === 'rpo-breach'), ev.map((e) => e.kind).join());
 });
+
+test("an operator's forced drain of the last serving region is marked, so DNS is told to force it too; failback clears it", () => {
+  const rb = new Runbook(['a', 'b'], cfg, 'ctl', T0);
+  rb.manualDrain('a', observe(T0), { actor: 'op' });
+  assert.equal(rb.regions.get('a')!.drainForced, false, 'b still serves: no force needed');
+  assert.throws(() => rb.manualDrain('b', observe(T0 + 1), { actor: 'op' }), (e: unknown) => isTandemError(e, 'TANDEM_ERR_SAFETY'));
+  rb.manualDrain('b', observe(T0 + 2), { actor: 'op', force: true });
+  assert.equal(rb.regions.get('b')!.drainForced, true);
+  rb.manualFailback('b', observe(T0 + 3), { actor: 'op' });
+  assert.equal(rb.regions.get('b')!.drainForced, undefined);
+});

@@ -57,6 +57,8 @@ export interface RegionRunbook {
   phase: Phase;
   since: number;
   drainedBy?: 'auto' | 'operator';
+  /** An operator drained it past the last-serving-region rule (`--force`): DNS servers must be told to force it too. */
+  drainForced?: boolean;
   /** Last automatic action on this region (the wait period counts from here). */
   lastAutoActionAt?: number;
   /** The current or last failure. */
@@ -257,6 +259,7 @@ export class Runbook {
           if (this.#cfg.autoFailback && waitOver(r)) {
             Object.assign(r, { phase: 'serving', since: now, lastAutoActionAt: now });
             delete r.drainedBy;
+            delete r.drainForced;
             if (r.failure) r.failure.failedBackAt = now;
             ev(r, 'failed-back', 'resolved', `${r.name} is back in DNS answers`, this.#failureDetails(r));
           }
@@ -345,7 +348,7 @@ export class Runbook {
         `refusing to fail over from ${name}: ${lagging.map(([s, sec]) => (sec === Infinity ? `how far ${s} is behind it cannot be read` : `${s} is ${sec.toFixed(1)} s behind it`)).join(', ')}, above the RPO of ${this.#cfg.rpoSec} s (use --force to accept the loss)`,
       );
     }
-    Object.assign(r, { phase: 'drained', since: now, drainedBy: 'operator' });
+    Object.assign(r, { phase: 'drained', since: now, drainedBy: 'operator', drainForced: survivors.length === 0 });
     r.failure = { ...(r.failure ?? { detectedAt: now, confirmedAt: now }), drainedAt: now, rpoExposureSec: exposure };
     return {
       at: now,
@@ -381,6 +384,7 @@ export class Runbook {
     const now = observation.now;
     Object.assign(r, { phase: 'serving', since: now });
     delete r.drainedBy;
+    delete r.drainForced;
     if (r.failure) r.failure.failedBackAt = now;
     return {
       at: now,

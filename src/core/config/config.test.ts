@@ -73,3 +73,10 @@ test('localDatabase overrides only what it names', () => {
   assert.equal(local.user, 'postgres');
   assert.equal(local.database, 'shop');
 });
+
+test('a control quorum above the number of vantage points (DNS servers) is refused', () => {
+  const c = minimal();
+  c.regions = c.regions.map((r, i) => ({ ...r, dns: { listen: [`127.0.${i + 1}.1:5353`], admin: `127.0.${i + 1}.1:8053` } }));
+  assert.equal(parseConfig({ ...c, control: { quorum: 2 } }).control.quorum, 2);
+  assert.throws(() => parseConfig({ ...c, control: { quorum: 3 } }), /control\.quorum: 3 is more than the 2 vantage point\(s\)/);
+});

@@ -67,6 +67,11 @@ const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['replication', 'tables', i], message: (err as Error).message });
       }
     });
+    // Each DNS server is one vantage point: a quorum above their number could never confirm a failure.
+    const vantagePoints = c.regions.filter((r) => r.dns).length;
+    if (c.control.quorum !== undefined && vantagePoints > 0 && c.control.quorum > vantagePoints) {
+      ctx.addIssue({ code: 'custom', path: ['control', 'quorum'], message: `${c.control.quorum} is more than the ${vantagePoints} vantage point(s) (regions with dns): no failure could ever be confirmed` });
+    }
     for (const [table, policy] of Object.entries(c.replication.conflicts)) {
       if (policy.policy === 'region-priority' && !names.has(policy.region)) {
         ctx.addIssue({ code: 'custom', path: ['replication', 'conflicts', table, 'region'], message: `unknown region "${policy.region}"` });
