@@ -306,3 +306,23 @@ test('an audit log that cannot be written (disk full) is logged and counted; the
   const metric = await registry.getSingleMetric('tandem_control_audit_write_errors_total')!.get();
   assert.equal(metric.values[0]?.value, 1);
 });
+
+test("a controller whose runbook differs (it led while cut off) defers to the earlier leader, whose DNS servers drop the other's automatic drain", async () => {
+  await until('every region serving', () => controllers.every((c) => c.status().regions.every((r) => r.phase === 'serving')) && undrainedEverywhere('south'), 20_000);
+  // What west's controller would have done while cut off from south: an automatic drain of south on west's DNS server.
+  const west = config.regions[1]!.dns!.admin;
+  await callApi(`http://${west.host}:${west.port}/v1/regions/south/drain`, { method: 'POST', token: TOKEN, body: { reason: 'tandem-controller (west): auto: south failed' }, actor: 'controller:west' });
+  const leaders = new Set<string | undefined>();
+  const watch = setInterval(() => {
+    for (const c of controllers) if (c.status().isLeader) leaders.add(c.status().region);
+  }, 20);
+  try {
+    await until('south back in every DNS server', () => undrainedEverywhere('south'), 10_000);
+    await until('west follows again', () => controllers[1]!.status().regions.find((r) => r.name === 'south')?.phase === 'serving');
+    await new Promise((r) => setTimeout(r, 500));
+  } finally {
+    clearInterval(watch);
+  }
+  assert.deepEqual([...leaders], ['south'], 'west never led');
+  assert.equal(controllers[1]!.status().leader, 'south');
+});

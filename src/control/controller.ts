@@ -104,6 +104,8 @@ export class Controller extends BaseService {
   #events: RunbookEvent[] = [];
   #lastObservation: Observation | undefined;
   #dnsViews = new Map<string, DnsStateView | Error>();
+  /** What the other controllers said this tick (undefined: no answer). */
+  #peerControllers = new Map<string, { isLeader: boolean } | undefined>();
   #leader: string | undefined;
   #wasLeading = false;
   /** Lag samples per direction ("target<peer"), for the cutover check. */
@@ -204,7 +206,7 @@ export class Controller extends BaseService {
       this.#syncFromDns(false);
       this.#synced = true;
     }
-    this.#leader = await this.#electLeader(obs);
+    this.#leader = this.#electLeader(obs);
     const leading = this.#leader === this.#o.region;
     this.#syncFromDns(leading);
     if (leading) {
@@ -217,7 +219,8 @@ export class Controller extends BaseService {
   async #observe(): Promise<Observation> {
     const cfg = this.#o.config;
     const timeoutMs = Math.min(2_000, cfg.health.intervalMs);
-    await Promise.all(
+    // DNS servers, the other controllers and every region's lag, all at once: the slowest sets the tick's pace.
+    const dnsViews = Promise.all(
       cfg.regions.map(async (r) => {
         if (!r.dns) return;
         try {
@@ -227,7 +230,18 @@ export class Controller extends BaseService {
         }
       }),
     );
-    const lags = await Promise.all(cfg.regions.map((r) => this.#o.lag(r).catch(() => undefined)));
+    const peers = Promise.all(
+      cfg.regions.map(async (r) => {
+        if (!r.control || r.name === this.#o.region) return;
+        try {
+          const st = await callApi<ControllerStatus>(`http://${hostPort(r.control.listen)}/v1/status`, { timeoutMs: Math.min(1_000, timeoutMs) });
+          this.#peerControllers.set(r.name, { isLeader: st.isLeader === true });
+        } catch {
+          this.#peerControllers.set(r.name, undefined);
+        }
+      }),
+    );
+    const [lags] = await Promise.all([Promise.all(cfg.regions.map((r) => this.#o.lag(r).catch(() => undefined))), dnsViews, peers]);
     const now = Date.now();
     const regions = cfg.regions.map((r) => this.#votes(r.name));
     regions.forEach((o, i) => {
@@ -286,21 +300,30 @@ export class Controller extends BaseService {
   }
 
   /** The first region in config order that is in rotation and whose controller answers. */
-  async #electLeader(obs: Observation): Promise<string | undefined> {
+  /**
+   * The first region in config order that is in rotation, not suspected and whose controller answers; or an
+   * earlier one whose controller says it leads. The runbooks can differ (a controller cut off from the others
+   * saw them fail): deferring to an earlier leader that answers ends a second leadership once the path heals.
+   */
+  #electLeader(obs: Observation): string {
     for (const r of this.#o.config.regions) {
       const rb = this.#runbook.regions.get(r.name)!;
       const o = obs.regions.find((x) => x.name === r.name)!;
-      if (!inRotation(rb) || rb.phase === 'failed' || o.votesUnhealthy >= 1) continue;
-      if (r.name === this.#o.region) return r.name;
-      if (!r.control) continue;
-      try {
-        await callApi(`http://${hostPort(r.control.listen)}/v1/status?brief=1`, { timeoutMs: 1_000 });
-        return r.name;
-      } catch {
-        // Not reachable: the next region in order leads.
+      const eligible = inRotation(rb) && rb.phase !== 'failed' && o.votesUnhealthy === 0;
+      if (r.name === this.#o.region) {
+        if (eligible) return r.name;
+        continue;
       }
+      const peer = this.#peerControllers.get(r.name);
+      if (peer && (eligible || peer.isLeader)) return r.name; // a controller that did not answer is passed over
     }
     return this.#o.region;
+  }
+
+  /** What DNS server `server` last said about `region` (undefined when unreachable). */
+  #dnsEntry(server: string, region: string): DnsStateView['regions'][number] | undefined {
+    const view = this.#dnsViews.get(server);
+    return view instanceof Error ? undefined : view?.regions.find((x) => x.name === region);
   }
 
   /** Reachable DNS servers' drain state for `region`. */
@@ -360,7 +383,10 @@ export class Controller extends BaseService {
         const has = state[server.name];
         if (has === undefined) continue; // unreachable now; repaired on a later tick
         if (want && !has) tasks.push(this.#dnsCall(server, target.name, 'drain'));
-        if (!want && has && this.#pendingUndrain.has(target.name)) tasks.push(this.#dnsCall(server, target.name, 'undrain'));
+        // Undrain what this leader failed back, and automatic drains of another controller that this leader's
+        // runbook does not share (one that led while cut off). Operators' drains are adopted, never undone.
+        const staleAuto = () => AUTO_DRAIN.test(this.#dnsEntry(server.name, target.name)?.drainReason ?? '');
+        if (!want && has && (this.#pendingUndrain.has(target.name) || staleAuto())) tasks.push(this.#dnsCall(server, target.name, 'undrain'));
       }
       if (!want && this.#pendingUndrain.has(target.name) && Object.values(state).every((d) => !d) && Object.keys(state).length === cfg.regions.filter((r) => r.dns).length) {
         this.#pendingUndrain.delete(target.name);
@@ -383,8 +409,7 @@ export class Controller extends BaseService {
       });
       // Keep the cached view true to what we just did, so a second action before the next
       // observation (a drain and a failback in one tick) sees the drain.
-      const view = this.#dnsViews.get(server.name);
-      const entry = view instanceof Error ? undefined : view?.regions.find((x) => x.name === target);
+      const entry = this.#dnsEntry(server.name, target);
       if (entry) {
         entry.drained = action === 'drain';
         if (action === 'drain') entry.drainReason = reason;
