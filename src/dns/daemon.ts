@@ -18,7 +18,7 @@ import { GeoPolicy, AnswerTable, parseCidr, type RegionAnswerInput } from './pol
 import { buildZone, type Zone } from './zone.ts';
 import { DnsEngine, type EngineState } from './engine.ts';
 import { DnsServer, type BoundListener } from './server.ts';
-import { StateStore } from './state.ts';
+import { StateStore, type OperatorState } from './state.ts';
 
 const geoCache = new Map<string, GeoDb>();
 
@@ -230,6 +230,18 @@ export class DnsDaemon extends BaseService {
     if (this.#engine) this.#engine.setState(this.#engineState());
   }
 
+  /** Change the persisted state; when it cannot be saved, nothing changes (not even in memory) and the error is thrown. */
+  #persist(change: (state: OperatorState) => void): void {
+    const before = structuredClone(this.#store.state);
+    change(this.#store.state);
+    try {
+      this.#store.save();
+    } catch (err) {
+      this.#store.state = before;
+      throw err;
+    }
+  }
+
   /** Drain a region (take it out of answers). The last serving region needs `force`. */
   drain(regionName: string, opts: { reason?: string; force?: boolean; actor?: string } = {}): RegionStateView {
     regionByName(this.#config, regionName);
@@ -237,13 +249,14 @@ export class DnsDaemon extends BaseService {
     if (servingAfter.length === 0 && !opts.force) {
       throw new TandemError('TANDEM_ERR_SAFETY', `refusing to drain ${regionName}: it is the last serving region (no other region is healthy and undrained); pass force to override`);
     }
-    this.#store.state.regions[regionName] = {
-      drained: true,
-      drainedAt: new Date().toISOString(),
-      ...(opts.reason ? { drainReason: opts.reason.slice(0, 500) } : {}),
-      ...(opts.actor ? { drainedBy: opts.actor } : {}),
-    };
-    this.#store.save();
+    this.#persist((state) => {
+      state.regions[regionName] = {
+        drained: true,
+        drainedAt: new Date().toISOString(),
+        ...(opts.reason ? { drainReason: opts.reason.slice(0, 500) } : {}),
+        ...(opts.actor ? { drainedBy: opts.actor } : {}),
+      };
+    });
     this.#log.warn({ target: regionName, reason: opts.reason, force: Boolean(opts.force), actor: opts.actor }, 'region drained');
     this.#rebuild();
     return this.#view(regionName);
@@ -252,8 +265,9 @@ export class DnsDaemon extends BaseService {
   /** Return a drained region to answers (if healthy). */
   undrain(regionName: string, opts: { actor?: string } = {}): RegionStateView {
     regionByName(this.#config, regionName);
-    delete this.#store.state.regions[regionName];
-    this.#store.save();
+    this.#persist((state) => {
+      delete state.regions[regionName];
+    });
     this.#log.info({ target: regionName, actor: opts.actor }, 'region undrained');
     this.#rebuild();
     return this.#view(regionName);
@@ -271,11 +285,12 @@ export class DnsDaemon extends BaseService {
       if (!svc) throw new TandemError('TANDEM_ERR_NOT_FOUND', `unknown service "${service}" (known: ${this.#config.dns!.services.map((s) => s.name).join(', ')})`);
       key = this.#config.dns!.services[this.#compiled.zone.services.indexOf(svc)]!.name;
     }
-    const map = (this.#store.state.weights[key] ??= {});
-    if (weight === null) delete map[regionName];
-    else map[regionName] = weight;
-    if (Object.keys(map).length === 0) delete this.#store.state.weights[key];
-    this.#store.save();
+    this.#persist((state) => {
+      const map = (state.weights[key] ??= {});
+      if (weight === null) delete map[regionName];
+      else map[regionName] = weight;
+      if (Object.keys(map).length === 0) delete state.weights[key];
+    });
     this.#rebuild();
     return this.#view(regionName);
   }

@@ -15,6 +15,17 @@ import type { HostPort } from '../core/config/common.ts';
 import type { DnsEngine } from './engine.ts';
 import { writeHeaderOnly, RCODE } from './wire.ts';
 
+/** Answers a TCP client may leave unread before it is cut off (bytes). */
+const MAX_UNREAD_BYTES = 256 * 1024;
+
+/** What the server tracks per TCP connection. */
+interface TcpConn {
+  /** When it last sent a byte (performance.now()). */
+  lastActive: number;
+  /** A frame has started and not yet arrived whole. */
+  inFrame: boolean;
+}
+
 /** Options of `DnsServer`. */
 export interface DnsServerOptions {
   listen: HostPort[];
@@ -36,10 +47,14 @@ export class DnsServer extends BaseService {
   readonly #log: Logger;
   readonly #udp: dgram.Socket[] = [];
   readonly #tcp: net.Server[] = [];
-  readonly #conns = new Set<net.Socket>();
+  readonly #conns = new Map<net.Socket, TcpConn>();
   readonly bound: BoundListener[] = [];
-  /** TCP connections refused because of the cap. */
+  /** TCP connections refused because of the cap (every connection was in the middle of a frame). */
   tcpRejected = 0;
+  /** Idle TCP connections closed to make room for a new one at the cap. */
+  tcpEvicted = 0;
+  /** TCP connections cut off because their client did not read its answers. */
+  tcpOverrun = 0;
 
   constructor(opts: DnsServerOptions) {
     super();
@@ -80,7 +95,7 @@ export class DnsServer extends BaseService {
 
   protected async onStop(): Promise<void> {
     for (const s of this.#udp) s.close();
-    for (const c of this.#conns) c.destroy();
+    for (const c of this.#conns.keys()) c.destroy();
     await Promise.all(this.#tcp.map((t) => new Promise<void>((resolve) => t.close(() => resolve()))));
     this.#udp.length = 0;
     this.#tcp.length = 0;
@@ -106,6 +121,11 @@ export class DnsServer extends BaseService {
         }
         sock.on('error', (err) => this.#log.warn({ err }, 'dns udp socket error'));
         sock.on('message', (msg, rinfo) => {
+          // Source port 0 cannot be answered (a spoofed packet): send() would throw.
+          if (rinfo.port === 0) {
+            engine.dropped++;
+            return;
+          }
           let out: Buffer | undefined;
           try {
             out = engine.answer(msg, rinfo.address, false);
@@ -113,7 +133,12 @@ export class DnsServer extends BaseService {
             this.#log.error({ err }, 'dns query failed');
             out = writeHeaderOnly(msg, RCODE.SERVFAIL);
           }
-          if (out) sock.send(out, rinfo.port, rinfo.address);
+          if (!out) return;
+          try {
+            sock.send(out, rinfo.port, rinfo.address);
+          } catch (err) {
+            this.#log.debug({ err }, 'dns udp send failed');
+          }
         });
         resolve(sock);
       });
@@ -121,12 +146,7 @@ export class DnsServer extends BaseService {
   }
 
   #bindTcp(host: string, port: number): Promise<net.Server> {
-    const { idleTimeoutMs, maxConnections } = this.#opts.tcp;
-    const server = net.createServer((socket) => this.#onConnection(socket, idleTimeoutMs));
-    server.maxConnections = maxConnections;
-    server.on('drop', () => {
-      this.tcpRejected++;
-    });
+    const server = net.createServer((socket) => this.#onConnection(socket));
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       server.listen({ port, host, ipv6Only: isIP(host) === 6 }, () => {
@@ -137,26 +157,73 @@ export class DnsServer extends BaseService {
     });
   }
 
-  #onConnection(socket: net.Socket, idleTimeoutMs: number): void {
-    this.#conns.add(socket);
+  /**
+   * One TCP client. A frame must arrive whole within `idleTimeoutMs` of its first byte (a client trickling
+   * bytes cannot hold the connection), frames are assembled in a buffer of their own size (no re-copying of
+   * what came before), and a client that does not read its answers is cut off once `MAX_UNREAD_BYTES` wait.
+   * At the connection cap the connection idle the longest makes room (RFC 7766 §6.2.2); when every one is
+   * in the middle of a frame, the new one is refused.
+   */
+  #onConnection(socket: net.Socket): void {
+    const { idleTimeoutMs, maxConnections } = this.#opts.tcp;
+    if (this.#conns.size >= maxConnections && !this.#evictIdle()) {
+      this.tcpRejected++;
+      socket.destroy();
+      return;
+    }
+    const conn: TcpConn = { lastActive: performance.now(), inFrame: false };
+    this.#conns.set(socket, conn);
     const engine = this.#opts.engine;
-    let pending: Buffer = Buffer.alloc(0);
+    const lenBuf = Buffer.alloc(2);
+    let lenHave = 0;
+    let frame: Buffer | undefined;
+    let have = 0;
+    let frameTimer: NodeJS.Timeout | undefined;
+    const endFrame = () => {
+      clearTimeout(frameTimer);
+      frameTimer = undefined;
+      conn.inFrame = false;
+    };
     socket.setNoDelay(true);
-    // Idle (or slow, or half-open) clients are cut off; every byte received resets it.
+    // Idle or half-open clients are cut off.
     socket.setTimeout(idleTimeoutMs, () => socket.destroy());
     socket.on('error', () => socket.destroy());
-    socket.on('close', () => this.#conns.delete(socket));
+    socket.on('close', () => {
+      clearTimeout(frameTimer);
+      this.#conns.delete(socket);
+    });
+    socket.on('drain', () => socket.resume());
     socket.on('data', (chunk: Buffer) => {
-      pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
-      while (pending.length >= 2) {
-        const len = pending.readUInt16BE(0);
-        if (len === 0) {
-          socket.destroy();
-          return;
+      conn.lastActive = performance.now();
+      if (!frameTimer) {
+        frameTimer = setTimeout(() => socket.destroy(), idleTimeoutMs);
+        conn.inFrame = true;
+      }
+      let off = 0;
+      while (off < chunk.length) {
+        if (!frame) {
+          const take = Math.min(2 - lenHave, chunk.length - off);
+          chunk.copy(lenBuf, lenHave, off, off + take);
+          lenHave += take;
+          off += take;
+          if (lenHave < 2) break;
+          lenHave = 0;
+          const len = lenBuf.readUInt16BE(0);
+          if (len === 0) {
+            socket.destroy();
+            return;
+          }
+          frame = Buffer.allocUnsafe(len);
+          have = 0;
         }
-        if (pending.length < 2 + len) break;
-        const msg = pending.subarray(2, 2 + len);
-        pending = pending.subarray(2 + len);
+        const take = Math.min(frame.length - have, chunk.length - off);
+        chunk.copy(frame, have, off, off + take);
+        have += take;
+        off += take;
+        if (have < frame.length) break;
+        const msg = frame;
+        frame = undefined;
+        endFrame();
         let out: Buffer | undefined;
         try {
           out = engine.answer(msg, socket.remoteAddress ?? '', true);
@@ -165,14 +232,32 @@ export class DnsServer extends BaseService {
           out = writeHeaderOnly(msg, RCODE.SERVFAIL);
         }
         if (out) {
-          const frame = Buffer.allocUnsafe(2 + out.length);
-          frame.writeUInt16BE(out.length, 0);
-          out.copy(frame, 2);
-          socket.write(frame);
+          const framed = Buffer.allocUnsafe(2 + out.length);
+          framed.writeUInt16BE(out.length, 0);
+          out.copy(framed, 2);
+          if (!socket.write(framed)) socket.pause(); // read more once the client has taken its answers
+          if (socket.writableLength > MAX_UNREAD_BYTES) {
+            this.tcpOverrun++;
+            socket.destroy();
+            return;
+          }
+        }
+        if (off < chunk.length && !frameTimer) {
+          frameTimer = setTimeout(() => socket.destroy(), idleTimeoutMs);
+          conn.inFrame = true;
         }
       }
-      // Copy the remainder so the (possibly large) chunk it came from can be freed.
-      if (pending.length && pending.length < 2 + 65535) pending = Buffer.from(pending);
     });
+  }
+
+  /** Close the connection idle the longest (not in the middle of a frame); false when there is none. */
+  #evictIdle(): boolean {
+    let oldest: [net.Socket, TcpConn] | undefined;
+    for (const entry of this.#conns) if (!entry[1].inFrame && (!oldest || entry[1].lastActive < oldest[1].lastActive)) oldest = entry;
+    if (!oldest) return false;
+    this.tcpEvicted++;
+    oldest[0].destroy();
+    this.#conns.delete(oldest[0]);
+    return true;
   }
 }

@@ -61,5 +61,16 @@ export class StateStore {
       closeSync(fd);
     }
     renameSync(tmp, this.file);
+    // The rename itself must reach the disk too, or a power loss can bring the old file back.
+    try {
+      const dir = openSync(path.dirname(this.file), 'r');
+      try {
+        fsyncSync(dir);
+      } finally {
+        closeSync(dir);
+      }
+    } catch {
+      // A filesystem that cannot fsync a directory: the file's own fsync is all there is.
+    }
   }
 }

@@ -7,7 +7,9 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { stringify } from 'yaml';
 import dnsPacket from 'dns-packet';
 import { DnsDaemon } from '../../src/dns/daemon.ts';
@@ -168,6 +170,26 @@ test('a big answer is truncated (TC) over UDP and complete over TCP', async () =
   const tcp = await queryA(target, 'app.tandem.test', { timeoutMs: 2000, ecs: '49.204.1.0/24', tcp: true });
   assert.equal(tcp.truncated, false);
   assert.equal(tcp.addresses.length, 120);
+
+  // A client that pipelines queries for a big answer and never reads: cut off, and the server keeps serving.
+  const greedy = net.connect(target.port, target.host);
+  greedy.on('error', () => {});
+  await new Promise((r) => greedy.once('connect', r));
+  greedy.pause();
+  const q = buildQuery('app.tandem.test', { id: 7, ecs: '49.204.1.0/24' });
+  const f = Buffer.alloc(2 + q.length);
+  f.writeUInt16BE(q.length, 0);
+  q.copy(f, 2);
+  const closed = new Promise<void>((r) => greedy.once('close', () => r()));
+  for (let i = 0; i < 100 && !greedy.destroyed; i++) {
+    greedy.write(Buffer.concat(Array.from({ length: 500 }, () => f)));
+    await new Promise((r) => setImmediate(r));
+  }
+  const winner = await Promise.race([closed.then(() => 'closed'), new Promise((r) => setTimeout(() => r('still open'), 5_000))]);
+  greedy.destroy();
+  assert.equal(winner, 'closed', 'a client that does not read is cut off');
+  const after2 = await queryA(target, 'app.tandem.test', { timeoutMs: 2000, ecs: '49.204.1.0/24', tcp: true });
+  assert.equal(after2.addresses.length, 120, 'and the server keeps serving');
 });
 
 test('TCP: several queries on one connection, idle timeout, connection cap', async () => {
@@ -202,20 +224,53 @@ test('TCP: several queries on one connection, idle timeout, connection cap', asy
   });
   assert.ok(closedAfter >= 300 && closedAfter < 3000, `closed after ${closedAfter} ms`);
 
-  // Cap: 4 connections are served, the 5th is closed at once.
+  // Cap of 4: with 4 connections in the middle of a frame, a 5th is refused.
   const open: net.Socket[] = [];
   after(() => open.forEach((s) => s.destroy()));
-  for (let i = 0; i < 4; i++) {
+  const connect = async () => {
     const s = net.connect(dnsAddr.port, dnsAddr.host);
+    s.on('error', () => {});
     open.push(s);
     await new Promise((r) => s.once('connect', r));
-  }
+    return s;
+  };
+  for (let i = 0; i < 4; i++) (await connect()).write(Buffer.from([0x00]));
   await new Promise((r) => setTimeout(r, 50));
   await assert.rejects(queryA(dnsAddr, 'app.tandem.test', { timeoutMs: 1000, tcp: true }));
   open.forEach((s) => s.destroy());
   await new Promise((r) => setTimeout(r, 100));
   const again = await queryA(dnsAddr, 'app.tandem.test', { timeoutMs: 1000, tcp: true });
   assert.equal(again.rcode, 'NOERROR', 'served again once connections are freed');
+  // With 4 idle connections at the cap, the one idle the longest makes room (RFC 7766 §6.2.2).
+  const idle: net.Socket[] = [];
+  for (let i = 0; i < 4; i++) idle.push(await connect());
+  const firstClosed = new Promise((r) => idle[0]!.once('close', r));
+  await new Promise((r) => setTimeout(r, 50));
+  const served = await queryA(dnsAddr, 'app.tandem.test', { timeoutMs: 1000, tcp: true });
+  assert.equal(served.rcode, 'NOERROR');
+  await firstClosed;
+  assert.equal(idle.slice(1).filter((s) => s.destroyed).length, 0, 'only the oldest idle connection was closed');
+  open.forEach((s) => s.destroy());
+});
+
+test('TCP: a frame trickled a byte at a time is cut off', async () => {
+  // Slowloris: a byte every 100 ms keeps resetting an idle timer, but a frame must arrive whole within 400 ms.
+  const slow = net.connect(dnsAddr.port, dnsAddr.host);
+  slow.on('error', () => {});
+  await new Promise((r) => slow.once('connect', r));
+  const t0 = Date.now();
+  slow.write(Buffer.from([0xff, 0xff]));
+  const drip = setInterval(() => slow.writable && slow.write(Buffer.from([0x00])), 100);
+  const closedAfter = await Promise.race([
+    new Promise<number>((resolve) => slow.once('close', () => resolve(Date.now() - t0))),
+    new Promise<number>((resolve) => setTimeout(() => resolve(Infinity), 3_000)),
+  ]);
+  clearInterval(drip);
+  slow.destroy();
+  assert.ok(closedAfter < 2_000, `a trickled frame was cut off after ${closedAfter} ms`);
+
+  const ok = await queryA(dnsAddr, 'app.tandem.test', { timeoutMs: 1000, tcp: true });
+  assert.equal(ok.rcode, 'NOERROR');
 });
 
 test('failover on 503 and on a target that stops answering, and recovery, within the bounds', async () => {
@@ -370,4 +425,28 @@ test('IPv6 listener (UDP and TCP), AAAA answers, IPv6 ECS', async () => {
   const v6 = await queryA(target, 'app.tandem.test', { timeoutMs: 2000, ecs: '2401:4900::/32' });
   assert.equal(v6.addresses.length, 1);
   assert.ok(v6.scopePrefix !== undefined && v6.scopePrefix <= 128);
+});
+
+test('a drain that cannot be saved changes nothing: the error is returned and answers stay as they were', async () => {
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'tandem-dns-state-'));
+  const stateDir = path.join(dataDir, 'state');
+  const cfg = labConfigInput({ healthUrls: [south.url, west.url], dataDir });
+  cfg.dns = { ...cfg.dns!, stateFile: path.join(stateDir, 'dns.json') };
+  const { file: cfgFile } = writeConfig(cfg);
+  const d = new DnsDaemon({ region: 'aws-south', configPath: cfgFile, token: TOKEN });
+  await d.start();
+  after(() => d.stop());
+  const target = d.listeners[0]!;
+  const southAnswer = async () => (await queryA(target, 'app.tandem.test', { timeoutMs: 1000, ecs: '49.204.1.0/24' })).addresses;
+  await waitFor(async () => (await southAnswer()).includes('127.0.1.1'), 5_000);
+  // The state's directory turns into a file: every save fails.
+  rmSync(stateDir, { recursive: true, force: true });
+  writeFileSync(stateDir, 'not a directory');
+  assert.throws(() => d.drain('aws-south', { reason: 'disk trouble' }));
+  assert.equal(d.stateView().regions.find((r) => r.name === 'aws-south')?.drained, false, 'not drained in memory either');
+  assert.throws(() => d.setWeight('azure-west', 5));
+  // Saving works again: an unrelated change does not bring the failed drain back.
+  rmSync(stateDir, { force: true });
+  d.undrain('azure-west');
+  assert.ok((await southAnswer()).includes('127.0.1.1'), 'aws-south still answered');
 });
