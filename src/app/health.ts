@@ -135,7 +135,8 @@ export class HealthChecker {
       client?.release(broken ?? false);
     }
     const draining = o.draining();
-    const lagging = replication.peers.some((p) => p.lagSec === null || p.lagSec > o.lagWarnSec);
+    // Lag that cannot be read is not "no lag": degraded until it can be.
+    const lagging = replication.error !== undefined || replication.peers.some((p) => p.lagSec === null || p.lagSec > o.lagWarnSec);
     const status = !database.ok || !database.writable ? 'fail' : fenced.readOnly || draining || lagging ? 'degraded' : 'ok';
     return { status, region: o.region, version: o.version, checks: { database, replication, fenced, draining } };
   }

@@ -195,11 +195,15 @@ export class IdempotencyStore {
     ]);
   }
 
-  /** Delete up to `limit` expired keys; returns how many. */
+  /**
+   * Delete up to `limit` expired keys; returns how many. The outer condition repeats the expiry: a key
+   * re-claimed (new expiry) after the subquery read it must not be deleted under its new request.
+   */
   async purgeExpired(db: Queryable, limit = 1_000): Promise<number> {
     const { rowCount } = await db.query(
       `DELETE FROM tandem_app.idempotency_keys
-        WHERE (scope, key) IN (SELECT scope, key FROM tandem_app.idempotency_keys WHERE expires_at <= now() LIMIT $1)`,
+        WHERE (scope, key) IN (SELECT scope, key FROM tandem_app.idempotency_keys WHERE expires_at <= now() LIMIT $1)
+          AND expires_at <= now()`,
       [limit],
     );
     return rowCount ?? 0;

@@ -32,6 +32,10 @@ import { HealthChecker, type LagSource } from './health.ts';
 import { AppMetrics } from './metrics.ts';
 
 /** HTTP methods a route may have. */
+
+/** Expired idempotency keys and sessions deleted per purge transaction, and transactions per purge run. */
+const PURGE_BATCH = 1_000;
+const PURGE_ROUNDS = 100;
 export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
 /** What a handler receives. */
@@ -244,15 +248,26 @@ export class Kit extends BaseService {
     await this.#purgeLoop;
   }
 
-  /** Purge expired keys and sessions; one instance per region at a time (advisory lock). */
+  /**
+   * Purge expired keys and sessions, `PURGE_BATCH` of each per transaction, until fewer are left (at most
+   * `PURGE_ROUNDS` transactions per call); one instance per region at a time (advisory lock).
+   */
   async purgeOnce(): Promise<{ keys: number; sessions: number }> {
-    return inTransaction(this.#opts.pool, async (db) => {
-      const { rows } = await db.query<{ got: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS got', [7_346_224_502]);
-      if (!rows[0]?.got) return { keys: 0, sessions: 0 };
-      const keys = await this.idempotency.purgeExpired(db);
-      const sessions = (await this.sessions?.purgeExpired(db)) ?? 0;
-      return { keys, sessions };
-    });
+    const total = { keys: 0, sessions: 0 };
+    for (let round = 0; round < PURGE_ROUNDS; round++) {
+      const n = await inTransaction(this.#opts.pool, async (db) => {
+        const { rows } = await db.query<{ got: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS got', [7_346_224_502]);
+        if (!rows[0]?.got) return undefined;
+        const keys = await this.idempotency.purgeExpired(db, PURGE_BATCH);
+        const sessions = (await this.sessions?.purgeExpired(db, PURGE_BATCH)) ?? 0;
+        return { keys, sessions };
+      });
+      if (!n) break;
+      total.keys += n.keys;
+      total.sessions += n.sessions;
+      if (n.keys < PURGE_BATCH && n.sessions < PURGE_BATCH) break;
+    }
+    return total;
   }
 
   async #purge(everyMs: number, signal: AbortSignal): Promise<void> {
@@ -307,12 +322,20 @@ export class Kit extends BaseService {
     const started = performance.now();
     const raw = req.url ?? '/';
     // Origin-form ("/path") is appended rather than resolved, so "//host/x" stays a path; absolute-form is parsed as is.
-    const url = new URL(/^https?:\/\//i.test(raw) ? raw : `http://kit.invalid${raw.startsWith('/') ? '' : '/'}${raw}`);
+    // A target Node's parser accepts but URL does not (e.g. "http://[::1") is answered 400, not thrown.
+    let url: URL;
+    let badTarget = false;
+    try {
+      url = new URL(/^https?:\/\//i.test(raw) ? raw : `http://kit.invalid${raw.startsWith('/') ? '' : '/'}${raw}`);
+    } catch {
+      url = new URL('http://kit.invalid/');
+      badTarget = true;
+    }
     const method = (req.method ?? 'GET').toUpperCase();
     let matched: CompiledRoute | undefined;
     let params: Record<string, string> = {};
     let pathKnown = false;
-    for (const r of this.#routes) {
+    for (const r of badTarget ? [] : this.#routes) {
       const m = r.regex.exec(url.pathname);
       if (!m) continue;
       pathKnown = true;
@@ -322,7 +345,7 @@ export class Kit extends BaseService {
         break;
       }
     }
-    if (!matched && next) {
+    if (!matched && next && !badTarget) {
       next();
       return;
     }
@@ -351,6 +374,7 @@ export class Kit extends BaseService {
     if (ctx.replaced.length) ctx.log.warn({ replaced: ctx.replaced }, 'invalid correlation headers replaced');
     void runWithContext(ctx, async () => {
       try {
+        if (badTarget) throw new HttpProblem('bad-request', 'the request target is not a valid URL');
         if (!matched) {
           throw pathKnown
             ? new HttpProblem('method-not-allowed', `${method} is not allowed on ${url.pathname}`)
@@ -493,7 +517,11 @@ export class Kit extends BaseService {
           // Only successes are stored; anything else is rolled back and the key released, so a retry runs again.
           if (status < 200 || status > 299) throw new NonSuccess(reply);
           const s = serialize(reply);
-          await this.idempotency.complete(client, ref, claim.claimId, s);
+          // The claim was lost while the handler ran (it outlived app.idempotencyLockSec and a retry took the
+          // key over, or the key was replaced): roll back, or the operation would take effect twice.
+          if (!(await this.idempotency.complete(client, ref, claim.claimId, s))) {
+            throw new HttpProblem('idempotency-key-in-use', 'this request took longer than the Idempotency-Key lock and another request took the key over; nothing was changed, retry to get its outcome');
+          }
           return s;
         }),
       );

@@ -168,7 +168,7 @@ export class SessionStore {
   /** Delete up to `limit` sessions that expired; returns how many. */
   async purgeExpired(db: Queryable, limit = 1_000): Promise<number> {
     const { rowCount } = await db.query(
-      'DELETE FROM tandem_app.sessions WHERE id IN (SELECT id FROM tandem_app.sessions WHERE expires_at <= now() LIMIT $1)',
+      'DELETE FROM tandem_app.sessions WHERE id IN (SELECT id FROM tandem_app.sessions WHERE expires_at <= now() LIMIT $1) AND expires_at <= now()',
       [limit],
     );
     return rowCount ?? 0;

@@ -446,6 +446,14 @@ describe('health and metrics', () => {
       assert.deepEqual(peers.map((p) => p.peer), ['r2', 'r3']);
       assert.ok(peers[0]!.lagSec >= 2 && peers[0]!.lagSec < 30, `r2 lag ${peers[0]!.lagSec}`);
       assert.ok(peers[1]!.lagSec >= 600, `r3 lag ${peers[1]!.lagSec}`);
+      // Lag that cannot be read (here a view that fails) is not "no lag".
+      await db.query(`DELETE FROM tandem.replication_status WHERE peer = 'r3'`);
+      assert.equal((await request(base, 'GET', '/healthz')).json.status, 'ok', 'r2 alone is within lagWarnSec');
+      await db.query('ALTER TABLE tandem.replication_status RENAME TO replication_status_aside');
+      await db.query('CREATE VIEW tandem.replication_status AS SELECT (1 / 0)::text AS peer');
+      const unknown = await request(base, 'GET', '/healthz');
+      assert.equal(unknown.json.status, 'degraded');
+      assert.equal(typeof unknown.json.checks.replication.error, 'string', JSON.stringify(unknown.json.checks.replication));
     } finally {
       await db.query('DROP SCHEMA tandem CASCADE');
     }

@@ -1,0 +1,109 @@
+/**
+ * The kit at its edges, against a real PostgreSQL and real HTTP: a handler
+ * that outlives its idempotency lock, a request target Node accepts but URL
+ * does not, and the purge of many expired keys.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import type pg from 'pg';
+import { startCluster, type TestCluster } from '../helpers/pg.ts';
+import { Kit } from '../../src/app/kit.ts';
+import { createAppPool } from '../../src/app/db.ts';
+import { createRegistry } from '../../src/core/metrics.ts';
+import { silentLogger } from '../../src/core/log.ts';
+import { localDatabase } from '../../src/core/config/index.ts';
+import { migrateDatabase } from '../../src/service/schema.ts';
+import { request, sfKey, testConfig } from './helpers.ts';
+
+let cluster: TestCluster;
+let pool: pg.Pool;
+let kit: Kit;
+let server: http.Server;
+let base: string;
+
+before(async () => {
+  cluster = await startCluster(1);
+  const config = testConfig(cluster, { idempotencyLockSec: 1 });
+  const conn = localDatabase(config.regions[0]!);
+  await migrateDatabase(conn);
+  pool = createAppPool(conn, { db: config.app.db });
+  await pool.query('CREATE TABLE effects (id serial PRIMARY KEY, label text)');
+  kit = new Kit({
+    region: 'r1',
+    version: 'test',
+    app: config.app,
+    pool,
+    logger: silentLogger(),
+    registry: createRegistry('app', 'r1', false),
+    routes: [
+      {
+        method: 'POST',
+        path: '/v1/effects',
+        idempotent: true,
+        // Writes its effect, then takes `sleepMs` (longer than the 1 s idempotency lock when asked to).
+        handler: async (req) => {
+          const b = req.body as { label: string; sleepMs?: number };
+          await req.db.query('INSERT INTO effects (label) VALUES ($1)', [b.label]);
+          await new Promise((r) => setTimeout(r, b.sleepMs ?? 0));
+          return { status: 201, body: { label: b.label } };
+        },
+      },
+    ],
+  });
+  server = http.createServer(kit.handler);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+after(async () => {
+  server?.closeAllConnections();
+  await new Promise((r) => server?.close(r));
+  await pool?.end();
+  await cluster?.stop();
+});
+
+test('a handler that outlives its idempotency lock is rolled back (409) when a retry took the key over: one effect', async () => {
+  const key = sfKey(randomUUID());
+  const body = { label: 'slow', sleepMs: 2_500 };
+  const slow = request(base, 'POST', '/v1/effects', { body, headers: { 'idempotency-key': key } });
+  await new Promise((r) => setTimeout(r, 1_400)); // the lock (1 s) has run out
+  const retry = await request(base, 'POST', '/v1/effects', { body, headers: { 'idempotency-key': key } });
+  assert.equal(retry.status, 201, retry.text);
+  const first = await slow;
+  assert.equal(first.status, 409, first.text);
+  assert.equal(first.json.type, 'urn:tandem:problem:idempotency-key-in-use');
+  const { rows } = await pool.query(`SELECT count(*)::int AS n FROM effects WHERE label = 'slow'`);
+  assert.equal(rows[0].n, 1, 'the operation took effect once');
+  const replay = await request(base, 'POST', '/v1/effects', { body, headers: { 'idempotency-key': key } });
+  assert.equal(replay.status, 201, 'a later retry gets the stored outcome');
+});
+
+test('a request target that Node accepts and URL does not is answered 400, and the server keeps serving', async () => {
+  const { port } = server.address() as AddressInfo;
+  const raw = await new Promise<string>((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => s.write('GET http://[::1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+    let got = '';
+    s.on('data', (d: Buffer) => (got += d.toString()));
+    s.on('end', () => resolve(got));
+    s.on('error', reject);
+  });
+  assert.match(raw, /^HTTP\/1\.1 400 /);
+  assert.match(raw, /not a valid URL/);
+  const ok = await request(base, 'POST', '/v1/effects', { body: { label: 'after' }, headers: { 'idempotency-key': sfKey(randomUUID()) } });
+  assert.equal(ok.status, 201);
+});
+
+test('the purge removes every expired key, not one batch per run', async () => {
+  await pool.query(
+    `INSERT INTO tandem_app.idempotency_keys (scope, key, fingerprint, state, claim_id, method, path, region, correlation_id, locked_until, expires_at)
+     SELECT 'bulk', 'k' || g, 'f', 'completed', gen_random_uuid(), 'POST', '/v1/effects', 'r1', 'c', now(), now() - interval '1 minute' FROM generate_series(1, 2500) g`,
+  );
+  const n = await kit.purgeOnce();
+  assert.ok(n.keys >= 2500, `purged ${n.keys}`);
+  const { rows } = await pool.query(`SELECT count(*)::int AS n FROM tandem_app.idempotency_keys WHERE scope = 'bulk'`);
+  assert.equal(rows[0].n, 0);
+});
