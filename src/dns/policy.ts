@@ -44,6 +44,8 @@ const MIXED = -1;
 /** Bound on tree nodes visited to prove one subtree uniform (then it counts as mixed). */
 const UNIFORM_BUDGET = 50_000;
 const LEAF_CACHE_MAX = 1_000_000;
+/** Bound on memoised subtree answers per tree (cleared when reached). */
+const UNIFORM_MEMO_MAX = 1_000_000;
 
 /** Parse a CIDR ("10.1.0.0/16", "2001:db8::/32"); host bits must be zero. */
 export function parseCidr(text: string): { family: 4 | 6; v4: number; bytes: Uint8Array; prefix: number } | undefined {
@@ -217,7 +219,8 @@ export class GeoPolicy {
   #uniformOrder(tree: GeoTree, record: number, budget: { left: number }): number {
     if (record >= tree.nodeCount) return this.classes[this.#classOfRecord(tree, record)]!.orderIdx;
     let memo = this.#uniform.get(tree);
-    if (!memo) this.#uniform.set(tree, (memo = new Map()));
+    // Bounded like the leaf cache: random ECS subnets would otherwise memoise the whole tree (GBs).
+    if (!memo || memo.size >= UNIFORM_MEMO_MAX) this.#uniform.set(tree, (memo = new Map()));
     const hit = memo.get(record);
     if (hit !== undefined) return hit;
     if (--budget.left < 0) return MIXED;
