@@ -12,15 +12,10 @@ import express from 'express';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import { startCluster, type TestCluster } from '../helpers/pg.ts';
-import { Kit } from '../../src/app/kit.ts';
-import { createAppPool } from '../../src/app/db.ts';
-import { createRegistry } from '../../src/core/metrics.ts';
-import { silentLogger } from '../../src/core/log.ts';
-import { localDatabase } from '../../src/core/config/index.ts';
+import type { Kit } from '../../src/app/kit.ts';
 import { shopRoutes } from '../../src/service/routes.ts';
-import { migrateDatabase } from '../../src/service/schema.ts';
 import { sessionSecrets } from '../../src/service/service.ts';
-import { request, sfKey, testConfig } from './helpers.ts';
+import { kitOnCluster, request, sfKey } from './helpers.ts';
 
 let cluster: TestCluster;
 let pool: pg.Pool;
@@ -28,20 +23,7 @@ let kit: Kit;
 
 before(async () => {
   cluster = await startCluster(1);
-  const config = testConfig(cluster, { maxBodyBytes: 4096 });
-  const conn = localDatabase(config.regions[0]!);
-  await migrateDatabase(conn);
-  pool = createAppPool(conn, { db: config.app.db });
-  kit = new Kit({
-    region: 'r1',
-    version: 'test',
-    app: config.app,
-    pool,
-    logger: silentLogger(),
-    registry: createRegistry('app', 'r1', false),
-    sessionSecrets: sessionSecrets(config),
-    routes: shopRoutes(),
-  });
+  ({ kit, pool } = await kitOnCluster(cluster, { app: { maxBodyBytes: 4096 }, routes: shopRoutes(), sessionSecrets }));
 });
 
 after(async () => {

@@ -6,7 +6,14 @@ import { Writable } from 'node:stream';
 import http from 'node:http';
 import { parseConfig, type Config, type ConfigInput } from '../../src/core/config/index.ts';
 import { createLogger, type Logger } from '../../src/core/log.ts';
+import type pg from 'pg';
 import { TEST_PG_PASSWORD, type TestCluster } from '../helpers/pg.ts';
+import { Kit, type KitOptions } from '../../src/app/kit.ts';
+import { createAppPool } from '../../src/app/db.ts';
+import { createRegistry } from '../../src/core/metrics.ts';
+import { silentLogger } from '../../src/core/log.ts';
+import { localDatabase } from '../../src/core/config/index.ts';
+import { migrateDatabase } from '../../src/service/schema.ts';
 
 export const SESSION_KEY_A = 'session-key-A-0123456789abcdef';
 export const SESSION_KEY_B = 'session-key-B-fedcba9876543210';
@@ -33,6 +40,31 @@ export function testConfig(cluster: TestCluster, app: ConfigInput['app'] = {}, e
     app: { sessionKeys: [{ env: 'TANDEM_TEST_SESSION_KEY_A' }], fenceCacheMs: 100, ...app },
     ...extra,
   });
+}
+
+/**
+ * A kit on the first region of `cluster`, in this process (no HTTP server): the schema migrated, a request
+ * pool, silent logs and a registry of its own. The caller ends `pool`.
+ */
+export async function kitOnCluster(
+  cluster: TestCluster,
+  o: { app?: ConfigInput['app']; routes: KitOptions['routes']; sessionSecrets?: (config: Config) => KitOptions['sessionSecrets'] },
+): Promise<{ kit: Kit; pool: pg.Pool; config: Config }> {
+  const config = testConfig(cluster, o.app);
+  const conn = localDatabase(config.regions[0]!);
+  await migrateDatabase(conn);
+  const pool = createAppPool(conn, { db: config.app.db });
+  const kit = new Kit({
+    region: 'r1',
+    version: 'test',
+    app: config.app,
+    pool,
+    logger: silentLogger(),
+    registry: createRegistry('app', 'r1', false),
+    ...(o.sessionSecrets ? { sessionSecrets: o.sessionSecrets(config) } : {}),
+    routes: o.routes,
+  });
+  return { kit, pool, config };
 }
 
 /** A logger whose JSON lines are kept in `lines`. */

@@ -11,13 +11,8 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import type pg from 'pg';
 import { startCluster, type TestCluster } from '../helpers/pg.ts';
-import { Kit } from '../../src/app/kit.ts';
-import { createAppPool } from '../../src/app/db.ts';
-import { createRegistry } from '../../src/core/metrics.ts';
-import { silentLogger } from '../../src/core/log.ts';
-import { localDatabase } from '../../src/core/config/index.ts';
-import { migrateDatabase } from '../../src/service/schema.ts';
-import { request, sfKey, testConfig } from './helpers.ts';
+import type { Kit, KitRequest } from '../../src/app/kit.ts';
+import { kitOnCluster, request, sfKey } from './helpers.ts';
 
 let cluster: TestCluster;
 let pool: pg.Pool;
@@ -27,25 +22,15 @@ let base: string;
 
 before(async () => {
   cluster = await startCluster(1);
-  const config = testConfig(cluster, { idempotencyLockSec: 1 });
-  const conn = localDatabase(config.regions[0]!);
-  await migrateDatabase(conn);
-  pool = createAppPool(conn, { db: config.app.db });
-  await pool.query('CREATE TABLE effects (id serial PRIMARY KEY, label text)');
-  kit = new Kit({
-    region: 'r1',
-    version: 'test',
-    app: config.app,
-    pool,
-    logger: silentLogger(),
-    registry: createRegistry('app', 'r1', false),
+  ({ kit, pool } = await kitOnCluster(cluster, {
+    app: { idempotencyLockSec: 1 },
     routes: [
       {
         method: 'POST',
         path: '/v1/effects',
         idempotent: true,
         // Writes its effect, then takes `sleepMs` (longer than the 1 s idempotency lock when asked to).
-        handler: async (req) => {
+        handler: async (req: KitRequest) => {
           const b = req.body as { label: string; sleepMs?: number };
           await req.db.query('INSERT INTO effects (label) VALUES ($1)', [b.label]);
           await new Promise((r) => setTimeout(r, b.sleepMs ?? 0));
@@ -53,7 +38,8 @@ before(async () => {
         },
       },
     ],
-  });
+  }));
+  await pool.query('CREATE TABLE effects (id serial PRIMARY KEY, label text)');
   server = http.createServer(kit.handler);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
