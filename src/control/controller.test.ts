@@ -326,3 +326,16 @@ test("a controller whose runbook differs (it led while cut off) defers to the ea
   assert.deepEqual([...leaders], ['south'], 'west never led');
   assert.equal(controllers[1]!.status().leader, 'south');
 });
+
+test('a command forwarded once is handled where it lands, not forwarded again (no ping-pong between controllers)', async () => {
+  await until('south leads', () => controllers.every((c) => c.status().leader === 'south'));
+  const follower = config.regions[1]!.control!.listen;
+  const reason = `hop-test-${Date.now()}`;
+  // Something refused, so that nothing changes: failing back a region that is not drained.
+  await assert.rejects(
+    callApi(`http://${follower.host}:${follower.port}/v1/failback`, { method: 'POST', token: TOKEN, body: { region: 'south', reason }, actor: 'hopper', headers: { 'x-tandem-forwarded-by': 'south' } }),
+    (err: unknown) => isTandemError(err, 'TANDEM_ERR_STATE') || /not drained/.test((err as Error).message),
+  );
+  assert.ok(controllers[1]!.auditLog.read(50).some((e) => e.action === 'failback-refused' && e.actor === 'hopper'), 'refused and audited by the follower itself');
+  assert.ok(!controllers[0]!.auditLog.read(50).some((e) => e.action === 'failback-refused' && e.actor === 'hopper'), 'not passed on to the leader');
+});

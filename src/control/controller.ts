@@ -49,6 +49,10 @@ export interface ControllerOptions {
   tickMs?: number;
 }
 
+/** Set on an operator command one controller forwards to the leader. */
+const FORWARDED_HEADER = 'x-tandem-forwarded-by';
+const forwarded = (req: { headers: Record<string, string | string[] | undefined> }): boolean => req.headers[FORWARDED_HEADER] !== undefined;
+
 /** A DNS admin call of the controller's enforcement that failed. */
 interface DnsCallFailure {
   server: string;
@@ -473,29 +477,37 @@ export class Controller extends BaseService {
     }
   }
 
-  /** Operator: drain a region (forwarded to the leader). */
-  async failover(body: { region: string; force?: boolean; reason?: string }, actor: string): Promise<RunbookEvent> {
-    return this.#manual('failover', body, actor, () => {
+  /** Operator: drain a region (forwarded to the leader, unless it was forwarded here already). */
+  async failover(body: { region: string; force?: boolean; reason?: string }, actor: string, forwarded = false): Promise<RunbookEvent> {
+    return this.#manual('failover', body, actor, forwarded, () => {
       const obs = this.#lastObservation ?? { now: Date.now(), regions: [] };
       return this.#runbook.manualDrain(body.region, { ...obs, now: Date.now() }, { actor, force: body.force, reason: body.reason });
     });
   }
 
-  /** Operator: return a drained region (forwarded to the leader). */
-  async failback(body: { region: string; force?: boolean; reason?: string }, actor: string): Promise<RunbookEvent> {
-    return this.#manual('failback', body, actor, () => {
+  /** Operator: return a drained region (forwarded to the leader, unless it was forwarded here already). */
+  async failback(body: { region: string; force?: boolean; reason?: string }, actor: string, forwarded = false): Promise<RunbookEvent> {
+    return this.#manual('failback', body, actor, forwarded, () => {
       const obs = this.#lastObservation ?? { now: Date.now(), regions: [] };
       return this.#runbook.manualFailback(body.region, { ...obs, now: Date.now() }, { actor, force: body.force, reason: body.reason });
     });
   }
 
-  async #manual(what: 'failover' | 'failback', body: { region: string; force?: boolean; reason?: string }, actor: string, act: () => RunbookEvent): Promise<RunbookEvent> {
+  async #manual(what: 'failover' | 'failback', body: { region: string; force?: boolean; reason?: string }, actor: string, forwarded: boolean, act: () => RunbookEvent): Promise<RunbookEvent> {
     if (!body || typeof body.region !== 'string') throw new TandemError('TANDEM_ERR_USAGE', 'body must be {"region": "<name>", "force"?: bool, "reason"?: string}');
     const leader = this.#leader;
-    if (leader && leader !== this.#o.region) {
+    // One hop at most: two controllers that each think the other leads must not pass a command back and forth.
+    if (leader && leader !== this.#o.region && !forwarded) {
       const r = this.#o.config.regions.find((x) => x.name === leader);
       if (r?.control) {
-        return callApi<RunbookEvent>(`http://${hostPort(r.control.listen)}/v1/${what}`, { method: 'POST', body, token: this.#o.token, actor, timeoutMs: 10_000 });
+        return callApi<RunbookEvent>(`http://${hostPort(r.control.listen)}/v1/${what}`, {
+          method: 'POST',
+          body,
+          token: this.#o.token,
+          actor,
+          timeoutMs: 10_000,
+          headers: { [FORWARDED_HEADER]: this.#o.region },
+        });
       }
     }
     return this.#serial(async () => {
@@ -560,8 +572,8 @@ export class Controller extends BaseService {
       { method: 'GET', path: '/healthz', public: true, handler: () => ({ body: { status: 'ok', region: this.#o.region } }) },
       { method: 'GET', path: '/status', public: true, handler: () => ({ body: statusPage(this.status()), contentType: 'text/html; charset=utf-8' }) },
       { method: 'GET', path: '/v1/audit', handler: ({ url }) => ({ body: { entries: this.#audit.read(Number(url.searchParams.get('limit') ?? 200)) satisfies AuditEntry[] } }) },
-      { method: 'POST', path: '/v1/failover', handler: async ({ body, actor }) => ({ body: await this.failover(body as { region: string }, actor) }) },
-      { method: 'POST', path: '/v1/failback', handler: async ({ body, actor }) => ({ body: await this.failback(body as { region: string }, actor) }) },
+      { method: 'POST', path: '/v1/failover', handler: async ({ req, body, actor }) => ({ body: await this.failover(body as { region: string }, actor, forwarded(req)) }) },
+      { method: 'POST', path: '/v1/failback', handler: async ({ req, body, actor }) => ({ body: await this.failback(body as { region: string }, actor, forwarded(req)) }) },
     ];
   }
 }

@@ -226,11 +226,12 @@ export function send(res: http.ServerResponse, status: number, body: unknown, he
 /** Call another tandem API with the admin token; errors name the URL and status. */
 export async function callApi<T = unknown>(
   url: string,
-  opts: { method?: string; token?: string | undefined; body?: unknown; timeoutMs?: number; actor?: string; signal?: AbortSignal } = {},
+  opts: { method?: string; token?: string | undefined; body?: unknown; timeoutMs?: number; actor?: string; signal?: AbortSignal; headers?: Record<string, string> } = {},
 ): Promise<T> {
   const headers: Record<string, string> = { accept: 'application/json' };
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;
   if (opts.actor) headers['x-tandem-actor'] = opts.actor;
+  if (opts.headers) Object.assign(headers, opts.headers);
   if (opts.body !== undefined) headers['content-type'] = 'application/json';
   const signals = [AbortSignal.timeout(opts.timeoutMs ?? 5_000), ...(opts.signal ? [opts.signal] : [])];
   let res: Response;
