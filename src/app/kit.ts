@@ -353,13 +353,23 @@ export class Kit extends BaseService {
     res.setHeader('x-tandem-region', this.#opts.region);
     res.setHeader('x-correlation-id', ctx.correlationId);
     res.setHeader('traceparent', formatTraceparent(ctx.traceId, ctx.spanId, ctx.flags));
-    if (this.#draining) res.setHeader('connection', 'close');
+    // Decided when the answer is written, not when the request came: a response in flight when the drain
+    // starts closes its connection too, so a keep-alive client cannot send a next request into the shutdown.
+    const writeHead = res.writeHead.bind(res) as (...args: unknown[]) => http.ServerResponse;
+    (res as { writeHead: (...args: unknown[]) => http.ServerResponse }).writeHead = (...args: unknown[]) => {
+      if (this.#draining && !res.headersSent) {
+        res.shouldKeepAlive = false;
+        res.setHeader('connection', 'close');
+      }
+      return writeHead(...args);
+    };
     const routeLabel = matched?.path ?? 'unmatched';
     this.#inFlight++;
-    let counted = true;
+    // Done when the handler has settled AND the response is finished or its connection closed: a client that
+    // hangs up must not make a drain think a handler that is still running has finished.
+    let pending = 2;
     const done = () => {
-      if (!counted) return;
-      counted = false;
+      if (--pending > 0) return;
       this.#inFlight--;
       const status = res.statusCode;
       this.metrics.requests.inc({ route: routeLabel, method, status: String(status) });
@@ -369,8 +379,14 @@ export class Kit extends BaseService {
       }
       if (this.#inFlight === 0) for (const f of this.#idle.splice(0)) f();
     };
-    res.once('finish', done);
-    res.once('close', done);
+    let ended = false;
+    const responseEnded = () => {
+      if (ended) return;
+      ended = true;
+      done();
+    };
+    res.once('finish', responseEnded);
+    res.once('close', responseEnded);
     if (ctx.replaced.length) ctx.log.warn({ replaced: ctx.replaced }, 'invalid correlation headers replaced');
     void runWithContext(ctx, async () => {
       try {
@@ -383,6 +399,8 @@ export class Kit extends BaseService {
         await this.#serve(matched, params, req, res, url, method, ctx);
       } catch (err) {
         this.#sendError(res, err, ctx, routeLabel);
+      } finally {
+        done();
       }
     });
   }

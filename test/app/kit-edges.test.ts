@@ -93,3 +93,35 @@ test('the purge removes every expired key, not one batch per run', async () => {
   const { rows } = await pool.query(`SELECT count(*)::int AS n FROM tandem_app.idempotency_keys WHERE scope = 'bulk'`);
   assert.equal(rows[0].n, 0);
 });
+
+test('drain: a client that hangs up does not end its request early, and a response in flight at the drain closes its connection', async () => {
+  // A client that hangs up after 200 ms: its handler (1 s) is still in flight until it settles.
+  const aborted = new AbortController();
+  const hangUp = fetch(`${base}/v1/effects`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'idempotency-key': sfKey(randomUUID()) },
+    body: JSON.stringify({ label: 'hang-up', sleepMs: 1_000 }),
+    signal: aborted.signal,
+  }).catch(() => undefined);
+  await new Promise((r) => setTimeout(r, 200));
+  aborted.abort();
+  await hangUp;
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(kit.inFlight, 1, 'the handler is still running');
+  assert.equal(await kit.waitIdle(5_000), true);
+
+  // A keep-alive request in flight when the drain starts is answered with Connection: close.
+  const agent = new http.Agent({ keepAlive: true });
+  const answer = new Promise<http.IncomingMessage>((resolve, reject) => {
+    const req = http.request(`${base}/v1/effects`, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'idempotency-key': sfKey(randomUUID()) } }, resolve);
+    req.on('error', reject);
+    req.end(JSON.stringify({ label: 'in-flight', sleepMs: 500 }));
+  });
+  await new Promise((r) => setTimeout(r, 150));
+  kit.startDrain();
+  const res = await answer;
+  res.resume();
+  agent.destroy();
+  assert.equal(res.statusCode, 201);
+  assert.equal(res.headers.connection, 'close');
+});
