@@ -405,6 +405,34 @@ export class Kit extends BaseService {
     });
   }
 
+  #fenced(routePath: string, reason: string | null | undefined): HttpProblem {
+    this.metrics.fencedRejections.inc({ route: routePath });
+    const o = this.#opts;
+    return new HttpProblem('region-read-only', `region ${o.region} is read-only${reason ? `: ${reason}` : ''}`, {
+      headers: { 'retry-after': String(o.app.retryAfterSec) },
+      extra: { region: o.region, reason: reason ?? null },
+    });
+  }
+
+  #fenceRow: Promise<unknown> | undefined;
+  /**
+   * Inside a write's transaction: share-lock this region's fence row and refuse if it is set. `setFence`
+   * updates that row, so it waits for the writes in flight, and no write commits after it returns.
+   */
+  async #holdFence(client: pg.PoolClient, routePath: string): Promise<void> {
+    const o = this.#opts;
+    // The row must exist for the lock to mean anything (a region never fenced has none).
+    this.#fenceRow ??= o.pool
+      .query(`INSERT INTO tandem_app.region_state (region, read_only) VALUES ($1, false) ON CONFLICT (region) DO NOTHING`, [o.region])
+      .catch((err: unknown) => {
+        this.#fenceRow = undefined;
+        throw err;
+      });
+    await this.#fenceRow;
+    const { rows } = await client.query<{ read_only: boolean; reason: string | null }>('SELECT read_only, reason FROM tandem_app.region_state WHERE region = $1 FOR SHARE', [o.region]);
+    if (rows[0]?.read_only) throw this.#fenced(routePath, rows[0].reason);
+  }
+
   async #serve(
     route: CompiledRoute,
     rawParams: Record<string, string>,
@@ -455,16 +483,11 @@ export class Kit extends BaseService {
     }
     const scope = session ? `user:${session.userId}` : typeof rawClient === 'string' ? `client:${rawClient}` : 'anonymous';
 
-    // 3. The write fence.
+    // 3. The write fence: the cached state turns most writes away early; the request's transaction holds it
+    // (`#holdFence`), so none commits once a fence has been set.
     if (route.write) {
       const fence = await this.#db(() => this.fence.get());
-      if (fence.readOnly) {
-        this.metrics.fencedRejections.inc({ route: route.path });
-        throw new HttpProblem('region-read-only', `region ${o.region} is read-only${fence.reason ? `: ${fence.reason}` : ''}`, {
-          headers: { 'retry-after': String(o.app.retryAfterSec) },
-          extra: { region: o.region, reason: fence.reason ?? null },
-        });
-      }
+      if (fence.readOnly) throw this.#fenced(route.path, fence.reason);
     }
 
     const base = {
@@ -491,7 +514,13 @@ export class Kit extends BaseService {
           throw new TypeError(`entityId() needs an idempotent route (${route.path} is not)`);
         },
         db: o.pool,
-        transaction: (fn) => this.#db(() => inTransaction(o.pool, fn)),
+        transaction: (fn) =>
+          this.#db(() =>
+            inTransaction(o.pool, async (client) => {
+              if (route.write) await this.#holdFence(client, route.path);
+              return fn(client);
+            }),
+          ),
       };
       const reply = await this.#db(async () => route.handler(kreq));
       this.#send(res, reply);
@@ -524,6 +553,7 @@ export class Kit extends BaseService {
     try {
       stored = await this.#db(() =>
         inTransaction(o.pool, async (client) => {
+          if (route.write) await this.#holdFence(client, route.path);
           const kreq: KitRequest = {
             ...base,
             entityId: (kind?: string) => entityId(scope, key, kind),

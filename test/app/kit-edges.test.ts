@@ -12,6 +12,7 @@ import type { AddressInfo } from 'node:net';
 import type pg from 'pg';
 import { startCluster, type TestCluster } from '../helpers/pg.ts';
 import type { Kit, KitRequest } from '../../src/app/kit.ts';
+import { setFence } from '../../src/app/fence.ts';
 import { kitOnCluster, request, sfKey } from './helpers.ts';
 
 let cluster: TestCluster;
@@ -23,7 +24,8 @@ let base: string;
 before(async () => {
   cluster = await startCluster(1);
   ({ kit, pool } = await kitOnCluster(cluster, {
-    app: { idempotencyLockSec: 1 },
+    // A long fence cache: the fence must hold through the request's transaction, not through the cache.
+    app: { idempotencyLockSec: 1, fenceCacheMs: 10_000 },
     routes: [
       {
         method: 'POST',
@@ -92,6 +94,26 @@ test('the purge removes every expired key, not one batch per run', async () => {
   assert.ok(n.keys >= 2500, `purged ${n.keys}`);
   const { rows } = await pool.query(`SELECT count(*)::int AS n FROM tandem_app.idempotency_keys WHERE scope = 'bulk'`);
   assert.equal(rows[0].n, 0);
+});
+
+test('the fence holds: setFence waits for a write in flight, and no write commits after it returns, whatever the cache says', async () => {
+  assert.equal((await request(base, 'POST', '/v1/effects', { body: { label: 'warm' }, headers: { 'idempotency-key': sfKey(randomUUID()) } })).status, 201);
+  const slow = request(base, 'POST', '/v1/effects', { body: { label: 'before-fence', sleepMs: 800 }, headers: { 'idempotency-key': sfKey(randomUUID()) } });
+  await new Promise((r) => setTimeout(r, 200));
+  try {
+    const t0 = performance.now();
+    await setFence(pool, 'r1', true, 'fence test');
+    const waited = performance.now() - t0;
+    assert.equal((await slow).status, 201, 'the write in flight committed');
+    assert.ok(waited >= 300, `setFence waited for it (${waited.toFixed(0)} ms)`);
+    const after = await request(base, 'POST', '/v1/effects', { body: { label: 'after-fence' }, headers: { 'idempotency-key': sfKey(randomUUID()) } });
+    assert.equal(after.status, 503, after.text);
+    assert.equal(after.json.type, 'urn:tandem:problem:region-read-only');
+    const { rows } = await pool.query(`SELECT count(*)::int AS n FROM effects WHERE label = 'after-fence'`);
+    assert.equal(rows[0].n, 0);
+  } finally {
+    await setFence(pool, 'r1', false);
+  }
 });
 
 test('drain: a client that hangs up does not end its request early, and a response in flight at the drain closes its connection', async () => {
