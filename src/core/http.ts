@@ -212,7 +212,14 @@ function matchPath(pattern: string | RegExp, pathname: string): Record<string, s
   const m = pattern.exec(pathname);
   if (!m) return undefined;
   const params: Record<string, string> = {};
-  for (const [k, v] of Object.entries(m.groups ?? {})) params[k] = decodeURIComponent(v);
+  for (const [k, v] of Object.entries(m.groups ?? {})) {
+    try {
+      params[k] = decodeURIComponent(v);
+    } catch {
+      // A bad escape is the caller's mistake (400), not the server's (500, logged as an error).
+      throw new TandemError('TANDEM_ERR_USAGE', `path parameter "${k}" is not valid percent-encoding`);
+    }
+  }
   return params;
 }
 

@@ -450,3 +450,7 @@ test('a drain that cannot be saved changes nothing: the error is returned and an
   d.undrain('azure-west');
   assert.ok((await southAnswer()).includes('127.0.1.1'), 'aws-south still answered');
 });
+
+test('admin API: a bad percent-escape in a path is a 400 naming the parameter, not a server error', async () => {
+  await assert.rejects(api('/v1/regions/%E0%A4%A/drain', { method: 'POST', body: {} }), /answered 400: path parameter "region" is not valid percent-encoding/);
+});
