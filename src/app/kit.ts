@@ -33,6 +33,13 @@ import { AppMetrics } from './metrics.ts';
 
 /** HTTP methods a route may have. */
 
+
+/** The response closes its connection once sent (`Connection: close`), unless its headers are out already. */
+function closeAfter(res: http.ServerResponse): void {
+  if (res.headersSent) return;
+  res.shouldKeepAlive = false;
+  res.setHeader('connection', 'close');
+}
 /** Expired idempotency keys and sessions deleted per purge transaction, and transactions per purge run. */
 const PURGE_BATCH = 1_000;
 const PURGE_ROUNDS = 100;
@@ -159,7 +166,8 @@ export class Kit extends BaseService {
   readonly #opts: KitOptions;
   readonly #routes: CompiledRoute[] = [];
   #draining = false;
-  #inFlight = 0;
+  /** Responses of the requests being served (a request leaves when its handler has settled and its response ended). */
+  readonly #inFlight = new Set<http.ServerResponse>();
   #idle: Array<() => void> = [];
   #purgeAbort = new AbortController();
   #purgeLoop: Promise<void> | undefined;
@@ -217,17 +225,20 @@ export class Kit extends BaseService {
 
   /** Requests being served right now. */
   get inFlight(): number {
-    return this.#inFlight;
+    return this.#inFlight.size;
   }
 
   /** Enter draining: /readyz answers 503, responses say `Connection: close`. */
   startDrain(): void {
     this.#draining = true;
+    // Responses in flight close their connections too, so a keep-alive client cannot send a next request into
+    // the shutdown.
+    for (const res of this.#inFlight) closeAfter(res);
   }
 
   /** Resolve when no request is in flight, or after `timeoutMs`; returns whether it drained. */
   async waitIdle(timeoutMs: number): Promise<boolean> {
-    if (this.#inFlight === 0) return true;
+    if (this.#inFlight.size === 0) return true;
     let timer: NodeJS.Timeout | undefined;
     const idle = new Promise<boolean>((resolve) => this.#idle.push(() => resolve(true)));
     const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
@@ -353,40 +364,25 @@ export class Kit extends BaseService {
     res.setHeader('x-tandem-region', this.#opts.region);
     res.setHeader('x-correlation-id', ctx.correlationId);
     res.setHeader('traceparent', formatTraceparent(ctx.traceId, ctx.spanId, ctx.flags));
-    // Decided when the answer is written, not when the request came: a response in flight when the drain
-    // starts closes its connection too, so a keep-alive client cannot send a next request into the shutdown.
-    const writeHead = res.writeHead.bind(res) as (...args: unknown[]) => http.ServerResponse;
-    (res as { writeHead: (...args: unknown[]) => http.ServerResponse }).writeHead = (...args: unknown[]) => {
-      if (this.#draining && !res.headersSent) {
-        res.shouldKeepAlive = false;
-        res.setHeader('connection', 'close');
-      }
-      return writeHead(...args);
-    };
+    if (this.#draining) closeAfter(res);
     const routeLabel = matched?.path ?? 'unmatched';
-    this.#inFlight++;
+    this.#inFlight.add(res);
     // Done when the handler has settled AND the response is finished or its connection closed: a client that
     // hangs up must not make a drain think a handler that is still running has finished.
     let pending = 2;
     const done = () => {
       if (--pending > 0) return;
-      this.#inFlight--;
+      this.#inFlight.delete(res);
       const status = res.statusCode;
       this.metrics.requests.inc({ route: routeLabel, method, status: String(status) });
       this.metrics.duration.observe({ route: routeLabel, method }, (performance.now() - started) / 1000);
       if (!matched?.builtin) {
         ctx.log.info({ method, route: routeLabel, path: url.pathname, status, ms: Math.round(performance.now() - started) }, 'request');
       }
-      if (this.#inFlight === 0) for (const f of this.#idle.splice(0)) f();
+      if (this.#inFlight.size === 0) for (const f of this.#idle.splice(0)) f();
     };
-    let ended = false;
-    const responseEnded = () => {
-      if (ended) return;
-      ended = true;
-      done();
-    };
-    res.once('finish', responseEnded);
-    res.once('close', responseEnded);
+    // 'close' comes once per response: after it was sent, or when the connection went first.
+    res.once('close', done);
     if (ctx.replaced.length) ctx.log.warn({ replaced: ctx.replaced }, 'invalid correlation headers replaced');
     void runWithContext(ctx, async () => {
       try {

@@ -333,13 +333,13 @@ export class Controller extends BaseService {
   /** Reachable DNS servers' drain state for `region`. */
   #dnsDrained(region: string): Record<string, boolean> {
     const out: Record<string, boolean> = {};
-    for (const [vantage, view] of this.#dnsViews) {
-      if (view instanceof Error) continue;
-      const r = view.regions.find((x) => x.name === region);
-      if (r) out[vantage] = r.drained;
+    for (const vantage of this.#dnsViews.keys()) {
+      const entry = this.#dnsEntry(vantage, region);
+      if (entry) out[vantage] = entry.drained;
     }
     return out;
   }
+
 
   /**
    * Keep the runbook in step with DNS. A follower only mirrors what the DNS

@@ -39,11 +39,16 @@ test('start, then stop: running, then stopped, closed resolves', async () => {
   assert.deepEqual(s.events, ['start begun', 'built', 'torn down']);
 });
 
-test('a stop during start tears down what the start built, after it is built', async () => {
+/** Start a `Gated` and stop it while its start waits at the gate. */
+async function stopWhileStarting(): Promise<{ s: Gated; started: Promise<void>; stopped: Promise<void> }> {
   const s = new Gated();
   const started = s.start();
   await new Promise((r) => setImmediate(r));
-  const stopped = s.stop();
+  return { s, started, stopped: s.stop() };
+}
+
+test('a stop during start tears down what the start built, after it is built', async () => {
+  const { s, started, stopped } = await stopWhileStarting();
   assert.equal(s.state, 'stopping');
   s.release();
   await started;
@@ -54,10 +59,7 @@ test('a stop during start tears down what the start built, after it is built', a
 });
 
 test('a start that fails while a stop waits: failed, torn down once, closed rejects', async () => {
-  const s = new Gated();
-  const started = s.start();
-  await new Promise((r) => setImmediate(r));
-  const stopped = s.stop();
+  const { s, started, stopped } = await stopWhileStarting();
   s.breakStart(new Error('database unreachable'));
   await assert.rejects(started, /database unreachable/);
   await stopped;

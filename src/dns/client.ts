@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import dnsPacket from 'dns-packet';
 import { TandemError } from '../core/errors.ts';
 import { parseCidr } from './policy.ts';
+import { tcpFrame } from './wire.ts';
 
 /** Where to send a query. */
 export interface DnsTarget {
@@ -86,12 +87,7 @@ export function exchange(server: DnsTarget, packet: Buffer, opts: { timeoutMs?: 
       const sock = net.connect({ host: server.host, port: server.port, localAddress: opts.localAddress });
       cleanup = () => sock.destroy();
       let acc = Buffer.alloc(0);
-      sock.on('connect', () => {
-        const frame = Buffer.alloc(2 + packet.length);
-        frame.writeUInt16BE(packet.length, 0);
-        packet.copy(frame, 2);
-        sock.write(frame);
-      });
+      sock.on('connect', () => sock.write(tcpFrame(packet)));
       sock.on('data', (chunk: Buffer) => {
         acc = Buffer.concat([acc, chunk]);
         if (acc.length >= 2 && acc.length >= 2 + acc.readUInt16BE(0)) finish(undefined, acc.subarray(2, 2 + acc.readUInt16BE(0)));

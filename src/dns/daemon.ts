@@ -151,8 +151,18 @@ export class DnsDaemon extends BaseService {
     const listen = this.#opts.listen ?? region.dns?.listen;
     if (!listen?.length) throw new TandemError('TANDEM_ERR_CONFIG', `regions[${config.regions.indexOf(region)}].dns.listen: region ${region.name} has no DNS listeners`);
     const dns = config.dns!;
-    this.#server = new DnsServer({ listen, engine: this.#engine, tcp: dns.tcp, logger: this.#log });
-    await this.#server.start();
+    const server = (this.#server = new DnsServer({ listen, engine: this.#engine, tcp: dns.tcp, logger: this.#log }));
+    new Counter({
+      name: 'tandem_dns_tcp_closed_total',
+      help: 'TCP connections the server closed itself: refused at the cap, evicted (idle, at the cap), overrun (answers left unread)',
+      labelNames: ['reason'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(server.tcpClosed)) this.inc({ reason }, n);
+      },
+    });
+    await server.start();
     const admin = this.#opts.admin ?? region.dns?.admin;
     if (admin) {
       this.#api = new ApiServer({ name: 'dns-admin', listen: admin, token: this.#opts.token, routes: this.#routes(), registry: this.registry, logger: this.#log });

@@ -13,7 +13,7 @@ import type { Logger } from '../core/log.ts';
 import { silentLogger } from '../core/log.ts';
 import type { HostPort } from '../core/config/common.ts';
 import type { DnsEngine } from './engine.ts';
-import { writeHeaderOnly, RCODE } from './wire.ts';
+import { tcpFrame, writeHeaderOnly, RCODE } from './wire.ts';
 
 /** Answers a TCP client may leave unread before it is cut off (bytes). */
 const MAX_UNREAD_BYTES = 256 * 1024;
@@ -49,12 +49,11 @@ export class DnsServer extends BaseService {
   readonly #tcp: net.Server[] = [];
   readonly #conns = new Map<net.Socket, TcpConn>();
   readonly bound: BoundListener[] = [];
-  /** TCP connections refused because of the cap (every connection was in the middle of a frame). */
-  tcpRejected = 0;
-  /** Idle TCP connections closed to make room for a new one at the cap. */
-  tcpEvicted = 0;
-  /** TCP connections cut off because their client did not read its answers. */
-  tcpOverrun = 0;
+  /**
+   * TCP connections the server closed itself, by reason: `refused` at the cap (every connection was in the
+   * middle of a frame), `evicted` (idle, to make room at the cap), `overrun` (answers left unread).
+   */
+  readonly tcpClosed = { refused: 0, evicted: 0, overrun: 0 };
 
   constructor(opts: DnsServerOptions) {
     super();
@@ -167,7 +166,7 @@ export class DnsServer extends BaseService {
   #onConnection(socket: net.Socket): void {
     const { idleTimeoutMs, maxConnections } = this.#opts.tcp;
     if (this.#conns.size >= maxConnections && !this.#evictIdle()) {
-      this.tcpRejected++;
+      this.tcpClosed.refused++;
       socket.destroy();
       return;
     }
@@ -179,6 +178,12 @@ export class DnsServer extends BaseService {
     let frame: Buffer | undefined;
     let have = 0;
     let frameTimer: NodeJS.Timeout | undefined;
+    // A frame has begun: it must arrive whole within idleTimeoutMs.
+    const startFrame = () => {
+      if (frameTimer) return;
+      frameTimer = setTimeout(() => socket.destroy(), idleTimeoutMs);
+      conn.inFrame = true;
+    };
     const endFrame = () => {
       clearTimeout(frameTimer);
       frameTimer = undefined;
@@ -195,10 +200,7 @@ export class DnsServer extends BaseService {
     socket.on('drain', () => socket.resume());
     socket.on('data', (chunk: Buffer) => {
       conn.lastActive = performance.now();
-      if (!frameTimer) {
-        frameTimer = setTimeout(() => socket.destroy(), idleTimeoutMs);
-        conn.inFrame = true;
-      }
+      startFrame();
       let off = 0;
       while (off < chunk.length) {
         if (!frame) {
@@ -232,20 +234,14 @@ export class DnsServer extends BaseService {
           out = writeHeaderOnly(msg, RCODE.SERVFAIL);
         }
         if (out) {
-          const framed = Buffer.allocUnsafe(2 + out.length);
-          framed.writeUInt16BE(out.length, 0);
-          out.copy(framed, 2);
-          if (!socket.write(framed)) socket.pause(); // read more once the client has taken its answers
+          if (!socket.write(tcpFrame(out))) socket.pause(); // read more once the client has taken its answers
           if (socket.writableLength > MAX_UNREAD_BYTES) {
-            this.tcpOverrun++;
+            this.tcpClosed.overrun++;
             socket.destroy();
             return;
           }
         }
-        if (off < chunk.length && !frameTimer) {
-          frameTimer = setTimeout(() => socket.destroy(), idleTimeoutMs);
-          conn.inFrame = true;
-        }
+        if (off < chunk.length) startFrame();
       }
     });
   }
@@ -255,7 +251,7 @@ export class DnsServer extends BaseService {
     let oldest: [net.Socket, TcpConn] | undefined;
     for (const entry of this.#conns) if (!entry[1].inFrame && (!oldest || entry[1].lastActive < oldest[1].lastActive)) oldest = entry;
     if (!oldest) return false;
-    this.tcpEvicted++;
+    this.tcpClosed.evicted++;
     oldest[0].destroy();
     this.#conns.delete(oldest[0]);
     return true;

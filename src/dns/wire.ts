@@ -281,6 +281,14 @@ export function writeResponse(q: Query, parts: ResponseParts, limit: number, max
   return out;
 }
 
+/** A message as sent over TCP: its length (2 bytes, RFC 1035 §4.2.2), then the message. */
+export function tcpFrame(msg: Buffer): Buffer {
+  const frame = Buffer.allocUnsafe(2 + msg.length);
+  frame.writeUInt16BE(msg.length, 0);
+  msg.copy(frame, 2);
+  return frame;
+}
+
 /** A bare error response for a packet whose question could not be parsed: header only. */
 export function writeHeaderOnly(buf: Buffer, rcode: number): Buffer | undefined {
   if (buf.length < 12) return undefined;

@@ -439,14 +439,12 @@ export class PeerPipeline extends BaseService {
         const units = await queue.take(maxTransactions, maxRows);
         if (!units) return;
         this.#doing(`applying ${units.filter((u) => u.kind === 'txn').length} transaction(s)${units[0]?.kind === 'chunk' ? ' (a chunk of a large one)' : ''}`);
-        const t0 = performance.now();
         try {
-          await this.#applyUnits(units, stream);
+          lastApplyMs = (await this.#applyUnits(units, stream)) * 1000;
           onProgress();
         } finally {
           queue.done();
         }
-        lastApplyMs = performance.now() - t0;
         if (Date.now() >= this.#recheckDue && !this.#applier.chunkOpen) {
           this.#recheckDue = Date.now() + (this.#o.recheckIntervalMs ?? 5_000);
           this.#doing('re-checking paused tables');
@@ -485,13 +483,13 @@ export class PeerPipeline extends BaseService {
     }
   }
 
-  async #applyUnits(units: Unit[], stream: ReplicationStream): Promise<void> {
+  /** Apply what the applier took; returns the seconds the target spent on it (0 when there was nothing new). */
+  async #applyUnits(units: Unit[], stream: ReplicationStream): Promise<number> {
     const first = units[0]!;
+    const t0 = performance.now();
     if (first.kind === 'chunk') {
-      const t0 = performance.now();
       const stats = await this.#applier.applyChunk(first.changes);
-      this.#count(stats, 0, (performance.now() - t0) / 1000);
-      return;
+      return this.#count(stats, 0, (performance.now() - t0) / 1000);
     }
     const changes: Change[] = [];
     let txns = 0;
@@ -513,20 +511,20 @@ export class PeerPipeline extends BaseService {
     if (!progress || progress.lsn <= this.#progress) {
       // Nothing new (a recheck tick, or heartbeats already covered by the progress).
       if (this.#applier.chunkOpen) throw new TandemError('TANDEM_ERR_INTERNAL', 'a chunked transaction ended without progress');
-      return;
+      return 0;
     }
     const batch: Batch = { changes, txns, progress, sourceTsUs, ...(heartbeatUs !== undefined ? { heartbeatUs } : {}) };
-    const t0 = performance.now();
     const stats = await this.#applier.apply(batch);
     // Committed: now, and only now, the source may forget these transactions.
     this.#progress = progress.lsn;
     this.#ack(stream, progress.lsn);
     if (this.#sourceTsUs === undefined || sourceTsUs > this.#sourceTsUs) this.#sourceTsUs = sourceTsUs;
     this.#appliedAt = new Date();
-    this.#count(stats, txns, (performance.now() - t0) / 1000);
+    return this.#count(stats, txns, (performance.now() - t0) / 1000);
   }
 
-  #count(stats: ApplyStats, txns: number, seconds: number): void {
+  /** Count an applied batch or chunk; returns `seconds`. */
+  #count(stats: ApplyStats, txns: number, seconds: number): number {
     this.#appliedTxns += txns;
     this.#appliedRows += stats.rows;
     this.#unapplicable += stats.unapplicable;
@@ -538,6 +536,7 @@ export class PeerPipeline extends BaseService {
       );
     }
     this.#o.metrics?.applied(this.#o.peer, stats, txns, seconds);
+    return seconds;
   }
 
   #noteWalEnd(walEnd: bigint): void {

@@ -130,20 +130,16 @@ export class UnitQueue {
    */
   async fill(maxTxns: number, maxRows: number, ms: number): Promise<void> {
     const until = performance.now() + ms;
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      for (;;) {
-        const left = until - performance.now();
-        if (this.#closed !== undefined || this.#txns >= maxTxns || this.#rows >= maxRows || left <= 0) return;
-        await new Promise<void>((resolve) => {
-          this.#takeWaiter = resolve;
-          timer = setTimeout(resolve, left);
-        });
-        clearTimeout(timer);
-        this.#takeWaiter = undefined;
-      }
-    } finally {
+    for (;;) {
+      const left = until - performance.now();
+      if (this.#closed !== undefined || this.#txns >= maxTxns || this.#rows >= maxRows || left <= 0) return;
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        this.#takeWaiter = resolve;
+        timer = setTimeout(resolve, left);
+      });
       clearTimeout(timer);
+      this.#takeWaiter = undefined;
     }
   }
 

@@ -14,6 +14,7 @@ import { stringify } from 'yaml';
 import dnsPacket from 'dns-packet';
 import { DnsDaemon } from '../../src/dns/daemon.ts';
 import { queryA, query, exchange, buildQuery } from '../../src/dns/client.ts';
+import { tcpFrame } from '../../src/dns/wire.ts';
 import { callApi } from '../../src/core/http.ts';
 import { isTandemError } from '../../src/core/errors.ts';
 import { startHealthTarget, type HealthTargetServer } from './health-target.ts';
@@ -176,10 +177,7 @@ test('a big answer is truncated (TC) over UDP and complete over TCP', async () =
   greedy.on('error', () => {});
   await new Promise((r) => greedy.once('connect', r));
   greedy.pause();
-  const q = buildQuery('app.tandem.test', { id: 7, ecs: '49.204.1.0/24' });
-  const f = Buffer.alloc(2 + q.length);
-  f.writeUInt16BE(q.length, 0);
-  q.copy(f, 2);
+  const f = tcpFrame(buildQuery('app.tandem.test', { id: 7, ecs: '49.204.1.0/24' }));
   const closed = new Promise<void>((r) => greedy.once('close', () => r()));
   for (let i = 0; i < 100 && !greedy.destroyed; i++) {
     greedy.write(Buffer.concat(Array.from({ length: 500 }, () => f)));
@@ -196,13 +194,7 @@ test('TCP: several queries on one connection, idle timeout, connection cap', asy
   // Pipelined queries on one connection, answered in order.
   const sock = net.connect(dnsAddr.port, dnsAddr.host);
   await new Promise((r) => sock.once('connect', r));
-  const frames = [1, 2, 3].map((id) => {
-    const q = buildQuery('app.tandem.test', { id, ecs: '106.51.0.0/24' });
-    const f = Buffer.alloc(2 + q.length);
-    f.writeUInt16BE(q.length, 0);
-    q.copy(f, 2);
-    return f;
-  });
+  const frames = [1, 2, 3].map((id) => tcpFrame(buildQuery('app.tandem.test', { id, ecs: '106.51.0.0/24' })));
   sock.write(Buffer.concat(frames));
   const ids: number[] = [];
   let acc = Buffer.alloc(0);
