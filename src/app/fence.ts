@@ -57,10 +57,13 @@ export class FenceReader {
   }
 }
 
-/** Read the fence of `region` (no row means open). */
-export async function readFence(db: Queryable, region: string): Promise<FenceState> {
+/**
+ * Read the fence of `region` (no row means open). With `share`, inside a write's transaction: the row stays
+ * share-locked until it ends, so `setFence` waits for that write (the row must exist: `ensureFenceRow`).
+ */
+export async function readFence(db: Queryable, region: string, opts: { share?: boolean } = {}): Promise<FenceState> {
   const { rows } = await db.query<{ read_only: boolean; reason: string | null; updated_at: Date }>(
-    'SELECT read_only, reason, updated_at FROM tandem_app.region_state WHERE region = $1',
+    `SELECT read_only, reason, updated_at FROM tandem_app.region_state WHERE region = $1${opts.share ? ' FOR SHARE' : ''}`,
     [region],
   );
   const row = rows[0];
@@ -68,7 +71,12 @@ export async function readFence(db: Queryable, region: string): Promise<FenceSta
   return { readOnly: row.read_only, reason: row.reason ?? undefined, updatedAt: row.updated_at };
 }
 
-/** Set or clear the fence of `region` (what the controller and `tandem app fence` do). */
+/** Create `region`'s fence row, open, if it has none (a share lock needs a row to lock). */
+export async function ensureFenceRow(db: Queryable, region: string): Promise<void> {
+  await db.query(`INSERT INTO tandem_app.region_state (region, read_only) VALUES ($1, false) ON CONFLICT (region) DO NOTHING`, [region]);
+}
+
+/** Set or clear the fence of `region` (what `tandem app fence` and operators' scripts do). */
 export async function setFence(db: Queryable, region: string, readOnly: boolean, reason?: string): Promise<FenceState> {
   const { rows } = await db.query<{ read_only: boolean; reason: string | null; updated_at: Date }>(
     `INSERT INTO tandem_app.region_state (region, read_only, reason, updated_at) VALUES ($1, $2, $3, now())

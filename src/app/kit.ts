@@ -26,7 +26,7 @@ import { contextFromHeaders, formatTraceparent, runWithContext, HEADER, type Req
 import { HttpProblem, isProblem } from './problem.ts';
 import { inTransaction, isDbUnavailable, type Queryable } from './db.ts';
 import { IdempotencyStore, entityId, fingerprint, parseIdempotencyKey, type KeyRef, type StoredResponse } from './idempotency.ts';
-import { FenceReader } from './fence.ts';
+import { FenceReader, ensureFenceRow, readFence } from './fence.ts';
 import { SessionKeyring, SessionStore, type Session } from './session.ts';
 import { HealthChecker, type LagSource } from './health.ts';
 import { AppMetrics } from './metrics.ts';
@@ -401,7 +401,7 @@ export class Kit extends BaseService {
     });
   }
 
-  #fenced(routePath: string, reason: string | null | undefined): HttpProblem {
+  #fenced(routePath: string, reason: string | undefined): HttpProblem {
     this.metrics.fencedRejections.inc({ route: routePath });
     const o = this.#opts;
     return new HttpProblem('region-read-only', `region ${o.region} is read-only${reason ? `: ${reason}` : ''}`, {
@@ -410,23 +410,21 @@ export class Kit extends BaseService {
     });
   }
 
-  #fenceRow: Promise<unknown> | undefined;
+  #fenceRow: Promise<void> | undefined;
   /**
    * Inside a write's transaction: share-lock this region's fence row and refuse if it is set. `setFence`
    * updates that row, so it waits for the writes in flight, and no write commits after it returns.
    */
   async #holdFence(client: pg.PoolClient, routePath: string): Promise<void> {
     const o = this.#opts;
-    // The row must exist for the lock to mean anything (a region never fenced has none).
-    this.#fenceRow ??= o.pool
-      .query(`INSERT INTO tandem_app.region_state (region, read_only) VALUES ($1, false) ON CONFLICT (region) DO NOTHING`, [o.region])
-      .catch((err: unknown) => {
-        this.#fenceRow = undefined;
-        throw err;
-      });
+    // Once per kit (a region never fenced has no row to lock).
+    this.#fenceRow ??= ensureFenceRow(o.pool, o.region).catch((err: unknown) => {
+      this.#fenceRow = undefined;
+      throw err;
+    });
     await this.#fenceRow;
-    const { rows } = await client.query<{ read_only: boolean; reason: string | null }>('SELECT read_only, reason FROM tandem_app.region_state WHERE region = $1 FOR SHARE', [o.region]);
-    if (rows[0]?.read_only) throw this.#fenced(routePath, rows[0].reason);
+    const fence = await readFence(client, o.region, { share: true });
+    if (fence.readOnly) throw this.#fenced(routePath, fence.reason);
   }
 
   async #serve(
